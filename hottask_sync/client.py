@@ -1,0 +1,324 @@
+"""The HotTask API client: the three calls, every answer checked twice, errors typed.
+
+Two long-lived httpx clients: one for the JSON API (with the Authorization header) and one
+for the presigned S3 PUT (without it: S3 rejects a request that carries both a presigned
+signature and an Authorization header). Transports are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .errors import AuthError, FileTooLarge, PermanentError, TransientError, UrlExpired
+
+PRE_UPLOAD_PATH = "/chat/User/GetPreUploadUrl"
+REPORT_PATH = "/chat/User/ReportUploadSuccess"
+
+#: S3's limit for a single PUT.
+MAX_PUT_BYTES = 5 * 1024**3
+#: The vendor promises 5 minutes; we stop trusting a URL a little earlier so that a PUT
+#: started just before the end is not refused halfway.
+URL_LIFETIME_SECONDS = 300.0
+URL_SAFETY_MARGIN_SECONDS = 30.0
+CHUNK_SIZE = 1024 * 1024
+
+_QUERY_RE = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
+
+
+def redact_url(text: str) -> str:
+    """Given text, returns it with the query string of every URL in it removed.
+
+    Presigned URLs carry their signature in the query string; it must never be logged.
+    """
+    return _QUERY_RE.sub(r"\1", text)
+
+
+def upload_name(name: str) -> str:
+    """Given a file's base name (surrogate-escaped bytes allowed), returns valid UTF-8 text.
+
+    Bytes that are not UTF-8 become U+FFFD, so the JSON body is always valid.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A FileStoreId and the presigned URL to PUT its bytes to."""
+
+    file_store_id: str
+    url: str = field(repr=False)
+    issued_at: float = 0.0
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    def usable(self, now: float) -> bool:
+        """Returns True while the URL is comfortably within its lifetime (monotonic ``now``)."""
+        return now < self.issued_at + URL_LIFETIME_SECONDS - URL_SAFETY_MARGIN_SECONDS
+
+
+class _Abort(Exception):
+    """Carries an exception raised by a PUT's chunk callback out through httpx."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class HotTaskClient:
+    """Speaks the HotTask upload API over two pooled connections.
+
+    Given ``base_url`` and the secret ``api_key``, each method performs one call and returns
+    its checked result; raises AuthError, UrlExpired, TransientError or PermanentError.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 8,
+        transport: httpx.BaseTransport | None = None,
+        put_transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._clock = clock
+        timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        ua = {"User-Agent": f"hottask-sync/{__version__}"}
+        self._api = httpx.Client(
+            base_url=self.base_url,
+            headers={**ua, "Content-Type": "application/json"},
+            timeout=timeouts,
+            limits=limits,
+            transport=transport,
+        )
+        self._s3 = httpx.Client(
+            headers=ua,
+            timeout=timeouts,
+            limits=limits,
+            transport=put_transport or transport,
+        )
+        self.set_api_key(api_key)
+
+    def __repr__(self) -> str:
+        return f"HotTaskClient({self.base_url!r})"
+
+    def set_api_key(self, api_key: str) -> None:
+        """Uses ``api_key`` for every later API call (a key fixed on disk, read again)."""
+        self._api.headers["Authorization"] = api_key
+
+    def close(self) -> None:
+        self._api.close()
+        self._s3.close()
+
+    def __enter__(self) -> HotTaskClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the three calls -------------------------------------------------------------------
+
+    def get_upload_url(self, file_name: str) -> Ticket:
+        """Given a base name, returns a Ticket (FileStoreId and presigned URL)."""
+        data = self._call(PRE_UPLOAD_PATH, {"fileName": upload_name(file_name)})
+        if not isinstance(data, dict):
+            raise PermanentError(f"GetPreUploadUrl: Data is {_kind(data)}, expected an object")
+        missing = [k for k in ("FileStoreId", "PreUploadUrl") if data.get(k) in (None, "")]
+        if missing:
+            raise PermanentError(f"GetPreUploadUrl: Data lacks {', '.join(missing)}")
+        fsid, url = data["FileStoreId"], data["PreUploadUrl"]
+        if not isinstance(fsid, (str, int)) or isinstance(fsid, bool):
+            raise PermanentError(f"GetPreUploadUrl: Data.FileStoreId is {_kind(fsid)}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise PermanentError("GetPreUploadUrl: Data.PreUploadUrl is not an http(s) URL")
+        return Ticket(str(fsid), url, self._clock())
+
+    def report_success(self, file_store_id: str) -> None:
+        """Marks the upload of ``file_store_id`` successful; returns when the service agreed."""
+        data = self._call(REPORT_PATH, {"fileStoreID": file_store_id})
+        if data is not True:
+            raise PermanentError(
+                f"ReportUploadSuccess for {file_store_id}: Data is {_kind(data)}, expected true"
+            )
+
+    def put(
+        self,
+        ticket: Ticket,
+        fd: int,
+        size: int,
+        *,
+        on_chunk: Callable[[bytes], None] | None = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        """Streams ``size`` bytes of the open file ``fd`` (from offset 0) to the ticket's URL.
+
+        Sends an explicit Content-Length and never chunked encoding; memory use is one chunk.
+        ``on_chunk`` sees every chunk before it is sent (hashing, throttling, progress); an
+        exception it raises aborts the PUT and is re-raised as is. Raises FileTooLarge before
+        any I/O for files over 5 GiB, PermanentError when the file is shorter than ``size``,
+        UrlExpired on S3's "Request has expired", TransientError for network faults and 5xx.
+        """
+        if size > MAX_PUT_BYTES:
+            raise FileTooLarge(f"{size} bytes is over the 5 GiB limit of one upload")
+
+        def body() -> Iterator[bytes]:
+            offset = 0
+            while offset < size:
+                chunk = os.pread(fd, min(chunk_size, size - offset), offset)
+                if not chunk:
+                    # Sending fewer bytes than promised would hang the server; abort instead.
+                    raise _Abort(PermanentError(f"file shrank to {offset} bytes while being read"))
+                if on_chunk is not None:
+                    try:
+                        on_chunk(chunk)
+                    except BaseException as exc:
+                        raise _Abort(exc) from exc
+                offset += len(chunk)
+                yield chunk
+
+        try:
+            response = self._s3.put(
+                ticket.url,
+                content=body(),
+                # An explicit Content-Length makes httpx stream the generator without
+                # chunked encoding, which S3 refuses (501) on presigned PUTs.
+                headers={"Content-Length": str(size)},
+            )
+        except _Abort as abort:
+            raise abort.error from None
+        except httpx.HTTPError as exc:
+            raise _network_error("PUT", exc) from exc
+        self._check_put(response)
+
+    # --- checking answers ------------------------------------------------------------------
+
+    def _call(self, path: str, payload: dict[str, Any]) -> Any:
+        name = path.rsplit("/", 1)[-1]
+        try:
+            response = self._api.post(path, json=payload)
+        except httpx.HTTPError as exc:
+            raise _network_error(name, exc) from exc
+        _check_status(name, response)
+        try:
+            envelope = response.json()
+        except ValueError as exc:
+            raise PermanentError(
+                f"{name}: answer is not JSON (HTTP {response.status_code})",
+                status=response.status_code,
+            ) from exc
+        return _check_envelope(name, envelope)
+
+    def _check_put(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        code, message = _s3_error(response.text)
+        what = f"PUT: HTTP {status} {code or ''}".rstrip()
+        if message:
+            what += f": {message}"
+        if status == 403 and "expired" in message.lower():
+            raise UrlExpired(what, status=status)
+        if status in (408, 429) or status >= 500:
+            raise TransientError(what, status=status, retry_after=_retry_after(response))
+        if status == 400 and code == "EntityTooLarge":
+            raise PermanentError(what, status=status, fail_now=True)
+        raise PermanentError(what, status=status)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "missing"
+    return {bool: "a boolean", int: "a number", str: "a string", list: "a list"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _network_error(what: str, exc: httpx.HTTPError) -> TransientError:
+    # A refused or timed-out connection never reached the server; anything later may have.
+    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    detail = redact_url(str(exc)) or type(exc).__name__
+    return TransientError(f"{what}: {type(exc).__name__}: {detail}", maybe_applied=not never_sent)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Returns the Retry-After header in seconds (delta or HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _check_status(name: str, response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    detail = _envelope_message(response)
+    what = f"{name}: HTTP {status}" + (f": {detail}" if detail else "")
+    if status in (401, 403):
+        raise AuthError(what, status=status)
+    if status in (408, 429) or status >= 500:
+        raise TransientError(what, status=status, retry_after=_retry_after(response))
+    raise PermanentError(what, status=status)
+
+
+def _envelope_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("Message"), str):
+        return redact_url(body["Message"])[:200]
+    return ""
+
+
+def _check_envelope(name: str, envelope: Any) -> Any:
+    """Given a decoded API answer, returns its Data; raises a typed error for a business error."""
+    if not isinstance(envelope, dict):
+        raise PermanentError(f"{name}: answer is {_kind(envelope)}, expected an object")
+    success = envelope.get("Success")
+    if not isinstance(success, bool):
+        raise PermanentError(f"{name}: answer lacks Success")
+    if success:
+        if "Data" not in envelope:
+            raise PermanentError(f"{name}: answer lacks Data")
+        return envelope["Data"]
+    code = envelope.get("Code")
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    message = envelope.get("Message")
+    text = redact_url(message)[:200] if isinstance(message, str) and message else "no message"
+    what = f"{name}: Code {code if code is not None else '?'}: {text}"
+    if code in (401, 403):
+        raise AuthError(what, code=code)
+    if code is not None and code >= 500:
+        raise TransientError(what, code=code)
+    raise PermanentError(what, code=code)
+
+
+def _s3_error(body: str) -> tuple[str, str]:
+    """Given an S3 XML error body, returns (Code, Message); empty strings when absent."""
+    code = re.search(r"<Code>([^<]*)</Code>", body)
+    message = re.search(r"<Message>([^<]*)</Message>", body)
+    return (code.group(1) if code else "", message.group(1) if message else "")

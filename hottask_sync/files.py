@@ -1,0 +1,48 @@
+"""What a file on disk is to hottask-sync: its signature, which names are taken, and a safe open."""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FileSig:
+    """The parts of ``stat`` that say whether a file is still the same version."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> FileSig:
+        """Given a stat result, returns its signature."""
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def same_version(self, other: FileSig | None) -> bool:
+        """Returns True when ``other`` is the same file version (size, mtime and inode).
+
+        The device is left out on purpose: it changes when a network share is remounted.
+        """
+        return (
+            other is not None
+            and self.size == other.size
+            and self.mtime_ns == other.mtime_ns
+            and self.ino == other.ino
+        )
+
+
+def lstat_regular(path: str | bytes) -> FileSig | None:
+    """Given a path, returns its signature if it is a regular file (not followed if a link).
+
+    Returns None when it does not exist or is anything but a regular file.
+    """
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat_mod.S_ISREG(st.st_mode):
+        return None
+    return FileSig.from_stat(st)

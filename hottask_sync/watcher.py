@@ -1,0 +1,169 @@
+"""The watchdog adapter: folders scheduled on observers, every event turned into a hint.
+
+An event is only a hint that a path may need work; the settle stage decides. The event
+handler runs on watchdog's thread, so it does as little as possible: a deque append and
+a wake-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from .config import FolderConfig
+from .logs import get_logger
+
+log = get_logger("hottask_sync.watcher")
+
+#: Opened and closed-without-writing events are left out: our own reads cause them.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
+
+#: (folder key, path, is_dir)
+HintSink = Callable[[str, str, bool], None]
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, folder_key: str, sink: HintSink) -> None:
+        self.folder_key = folder_key
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        # A file renamed into place or moved in gets no close event: the destination
+        # path is what needs work.
+        path = event.dest_path if event.event_type == "moved" else event.src_path
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if path:
+            self.sink(self.folder_key, path, event.is_directory)
+
+
+class _OverflowSpotter(logging.Filter):
+    """watchdog only logs a queue overflow; this turns the log line into a rescan."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_overflow = on_overflow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow()
+        return True
+
+
+class Watcher:
+    """Watches folders with inotify (or polling) and sends each event's path to ``sink``."""
+
+    def __init__(self, sink: HintSink, on_overflow: Callable[[], None]) -> None:
+        self.sink = sink
+        self._inotify: BaseObserver = Observer()
+        self._polling: BaseObserver | None = None
+        self._watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
+        self._lock = threading.Lock()
+        self._spotter = _OverflowSpotter(on_overflow)
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).addFilter(self._spotter)
+
+    def start(self) -> None:
+        self._inotify.start()
+
+    def _poller(self) -> BaseObserver:
+        if self._polling is None:
+            self._polling = PollingObserver(timeout=2.0)
+            self._polling.start()
+        return self._polling
+
+    def add(self, folder: FolderConfig) -> str:
+        """Starts watching ``folder``; returns "inotify" or "polling".
+
+        Falls back to polling (with an error naming fs.inotify.max_user_watches) when the
+        inotify watch or instance limit is reached. Raises OSError for anything else.
+        """
+        handler = _Handler(folder.key, self.sink)
+        kwargs: dict[str, Any] = {
+            "recursive": folder.recursive,
+            "event_filter": EVENT_FILTER,
+            "follow_symlink": False,
+        }
+        with self._lock:
+            self._remove_locked(folder.key)
+            if not folder.poll:
+                try:
+                    watch = self._inotify.schedule(handler, str(folder.path), **kwargs)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                        raise
+                    log.error(
+                        "watch.limit_reached",
+                        folder=folder.key,
+                        error=exc.strerror,
+                        hint="raise fs.inotify.max_user_watches (and max_user_instances), "
+                        "e.g. sysctl fs.inotify.max_user_watches=524288; polling this "
+                        "folder until restart",
+                    )
+                else:
+                    self._watches[folder.key] = (self._inotify, watch)
+                    return "inotify"
+            poller = self._poller()
+            watch = poller.schedule(handler, str(folder.path), **kwargs)
+            self._watches[folder.key] = (poller, watch)
+            return "polling"
+
+    def remove(self, folder_key: str) -> None:
+        """Stops watching the folder (a no-op when it is not watched)."""
+        with self._lock:
+            self._remove_locked(folder_key)
+
+    def _remove_locked(self, folder_key: str) -> None:
+        entry = self._watches.pop(folder_key, None)
+        if entry is None:
+            return
+        observer, watch = entry
+        # The emitter may already be gone (its folder was deleted).
+        with contextlib.suppress(KeyError, OSError):
+            observer.unschedule(watch)
+
+    def watching(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._watches))
+
+    def healthy(self) -> bool:
+        """Returns True while every observer thread runs."""
+        if not self._inotify.is_alive():
+            return False
+        return self._polling is None or self._polling.is_alive()
+
+    def stop(self) -> None:
+        for observer in (self._inotify, self._polling):
+            if observer is not None and observer.is_alive():
+                observer.stop()
+        for observer in (self._inotify, self._polling):
+            if observer is not None and observer.is_alive():
+                observer.join(timeout=5)
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).removeFilter(self._spotter)

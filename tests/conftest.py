@@ -1,0 +1,166 @@
+"""Shared helpers: waiting on conditions (never sleeping) and running the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from hottask_sync.emulator import Emulator
+
+API_KEY = "test-key-4f1c9a"
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Polls ``condition`` until it returns something truthy; returns that value.
+
+    Fails the test with ``what`` when ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        threading.Event().wait(interval)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    """A real emulator on a free loopback port, storing under tmp_path/emu."""
+    emu = Emulator(tmp_path / "emu", api_key=API_KEY)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def write_config(path: Path, base_url: str, folders: list[dict[str, Any]], **sections: Any) -> Path:
+    """Writes a daemon config (JSON logs, fast settle and rescan unless overridden)."""
+    sync = {"settle_seconds": 0.3, "state_dir": str(path.parent / "state"), "rescan_seconds": 0}
+    sync.update(sections.pop("sync", {}))
+    data: dict[str, Any] = {
+        "api": {"base_url": base_url, "timeout_seconds": 10},
+        "sync": sync,
+        "logging": {"format": "json", "level": "info"},
+        "folders": folders,
+    }
+    data.update(sections)
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+@dataclass
+class DaemonProcess:
+    """``hottask-sync run`` as a subprocess, its JSON log lines collected as they come."""
+
+    proc: subprocess.Popen[bytes]
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            self.raw.append(text)
+            try:
+                self.lines.append(json.loads(text))
+            except ValueError:
+                self.lines.append({"event": "<not json>", "text": text})
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in list(self.lines) if line.get("event") == name]
+
+    def wait_event(self, name: str, timeout: float = 20.0, count: int = 1) -> list[dict[str, Any]]:
+        return wait_for(
+            lambda: (found := self.events(name)) and len(found) >= count and found,
+            timeout,
+            what=f"{count} x {name!r} in the daemon log",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return "\n".join(self.raw)
+
+
+def start_daemon(
+    config: Path,
+    env: dict[str, str] | None = None,
+    key: str | None = API_KEY,
+    wait_ready: bool = True,
+) -> DaemonProcess:
+    """Starts ``hottask-sync run --config CONFIG``; waits for daemon.ready unless told not to."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HOTTASK_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_"))
+    }
+    if key is not None:
+        environ["HOTTASK_API_KEY"] = key
+    environ.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hottask_sync.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environ,
+    )
+    daemon = DaemonProcess(proc)
+    if wait_ready:
+        try:
+            daemon.wait_event("daemon.ready")
+        except BaseException:
+            daemon.stop(signal.SIGKILL)
+            raise AssertionError("daemon did not get ready:\n" + daemon.log_text()) from None
+    return daemon
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Collects started daemons and kills any still running at the end of the test."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            d.stop(signal.SIGKILL)
+
+
+def reported_files(emu: Emulator) -> dict[str, list[str]]:
+    """Returns file name → FileStoreIds reported for it (more than one would be a bug)."""
+    out: dict[str, list[str]] = {}
+    for fsid, info in emu.reported().items():
+        out.setdefault(info.file_name, []).append(fsid)
+    return out
