@@ -1239,7 +1239,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _log(self, message: str) -> None:
         if self.emu.quiet:
             return
-        text = _QUERY_RE.sub("?…", message)
+        text = _QUERY_RE.sub("?...", message)
         sys.stderr.write(f"{self.address_string()} - [{self.log_date_time_string()}] {text}\n")
 
 

@@ -16,18 +16,15 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .errors import UserError
 
 __all__ = ["DURATION_BUCKETS", "FAILURE_CLASSES", "FILE_STATES", "Metrics", "MetricsServer"]
+
+# What generate_latest() produces: the classic text format (prometheus_client's own
+# CONTENT_TYPE_LATEST names a newer version in recent releases).
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: The values of the ``class`` label of ``hottask_sync_upload_failures_total``.
 FAILURE_CLASSES = ("transient", "auth", "permanent", "expired", "changed")
@@ -116,7 +113,10 @@ class Metrics:
         )
 
     def upload_succeeded(self, size: int, seconds: float) -> None:
-        """Records one uploaded file of size bytes that took seconds, at the current time."""
+        """Records one uploaded file of size bytes that took seconds, at the current time.
+
+        Raises ValueError if size is negative (counters only go up).
+        """
         self._uploads.inc()
         self._uploaded_bytes.inc(size)
         self._duration.observe(seconds)
@@ -133,7 +133,10 @@ class Metrics:
         self._failures.labels(error_class).inc()
 
     def bytes_sent(self, n: int) -> None:
-        """Adds n bytes sent to storage (counted again when an attempt is retried)."""
+        """Adds n bytes sent to storage (counted again when an attempt is retried).
+
+        Raises ValueError if n is negative.
+        """
         self._sent_bytes.inc(n)
 
     def set_queue_depth(self, n: int) -> None:
@@ -180,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, *, with_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            body, status, content_type = self.server.render(), 200, CONTENT_TYPE_LATEST
+            body, status, content_type = self.server.render(), 200, _CONTENT_TYPE
         else:
             body, status, content_type = b"404 not found: try /metrics\n", 404, "text/plain"
         self.send_response(status)

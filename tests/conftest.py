@@ -108,7 +108,14 @@ class DaemonProcess:
             code = self.proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
+        self.assert_no_secrets()
         return code
+
+    def assert_no_secrets(self) -> None:
+        """Every log line of every e2e test is checked: no key, no presigned signature."""
+        text = self.log_text()
+        assert API_KEY not in text, "the API key leaked into the daemon's output"
+        assert "X-Amz-Signature" not in text, "a presigned query string leaked into the output"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
@@ -44,7 +46,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+        threading.Event().wait(0.005)  # a short poll interval, not a wait for the event
 
 
 @pytest.fixture
@@ -663,14 +665,14 @@ def test_stop_without_start_releases_the_port(tmp_path: Path) -> None:
 # --- command line -------------------------------------------------------------------------
 
 
-def _read_line(stream: object, timeout: float = 10.0) -> str:
+def _read_line(stream: IO[str] | None, timeout: float = 10.0) -> str:
     """Reads one line from a subprocess pipe, failing instead of hanging past ``timeout``."""
-    fileobj = stream  # a text-mode pipe; select on its descriptor
+    assert stream is not None
     with selectors.DefaultSelector() as selector:
-        selector.register(fileobj, selectors.EVENT_READ)  # type: ignore[arg-type]
+        selector.register(stream, selectors.EVENT_READ)
         if not selector.select(timeout):
             raise AssertionError("no output from the emulator in time")
-    return fileobj.readline()  # type: ignore[attr-defined, no-any-return]
+    return stream.readline()
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:

@@ -11,6 +11,7 @@ from hottask_sync.config import (
     DEFAULT_BASE_URL,
     ApiConfig,
     ApiKey,
+    Config,
     load_config,
     resolve_api_key,
 )
@@ -35,7 +36,7 @@ def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -
     return info.value.problems
 
 
-def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
     return load_config(write(tmp_path, text), environ=ENV if environ is None else environ)
 
 

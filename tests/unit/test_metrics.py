@@ -128,7 +128,7 @@ def test_serve_scrape_over_loopback(server: tuple[Metrics, MetricsServer]) -> No
     m.set_queue_depth(4)
     r = httpx.get(f"http://127.0.0.1:{srv.port}/metrics", timeout=5)
     assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     s = samples(r.text)
     assert s[("hottask_sync_uploads_total", ())] == 1
     assert s[("hottask_sync_uploaded_bytes_total", ())] == 42
