@@ -97,6 +97,15 @@ class AuthCircuit:
             self._delay = 0.0
             return was_open
 
+    def inconclusive(self) -> None:
+        """Records that a call failed without saying anything about the key (a 5xx, a lost
+        answer, a business error): if it was the probe, another probe is let through after
+        the current delay (otherwise the circuit would wait for a probe that never ends)."""
+        with self._lock:
+            if self.is_open and self._probing:
+                self._probing = False
+                self.probe_at = self._clock() + self._delay
+
     def probe_now(self) -> None:
         """Lets the next caller probe at once (the key was reloaded)."""
         with self._lock:

@@ -285,7 +285,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             and folder.move_to.exists()
             and not os.access(folder.move_to, os.W_OK)
         ):
-            problems.append(f"folders[{i}].move_to {folder.move_to}: not writable by this user")
+            problems.append(
+                f"{config.source}: folders[{i}].move_to {folder.move_to}: not writable by this user"
+            )
     try:
         key = resolve_api_key(config.api)
     except UserError as exc:

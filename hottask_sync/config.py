@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, KeyNotFoundError
-from .patterns import Selector
+from .patterns import Selector, is_partial_or_hidden
 
 DEFAULT_BASE_URL = "https://usapi.hottask.com"
 KEY_ENV = "HOTTASK_API_KEY"
@@ -320,7 +320,8 @@ def _read_api(r: _Reader, data: Mapping[str, Any]) -> ApiConfig:
         r.problem("api.base_url", "must not have a query or fragment")
     key_file = r.get(t, "api", "api_key_file", str, "")
     if key_file and not Path(key_file).is_absolute():
-        r.problem("api.api_key_file", f"must be an absolute path, got {key_file!r}")
+        # Not echoed: someone may have pasted the key itself here.
+        r.problem("api.api_key_file", "must be an absolute path to a file holding the key")
     return ApiConfig(
         base_url=base_url.rstrip("/"),
         timeout_seconds=r.get(t, "api", "timeout_seconds", (int, float), 30.0, _positive),
@@ -410,7 +411,7 @@ def _read_folder(r: _Reader, t: Mapping[str, Any], prefix: str) -> FolderConfig 
                 r.problem(f"{prefix}.move_to", "must not be the watched folder itself")
             elif move_to.is_relative_to(path):
                 rel = move_to.relative_to(path).as_posix()
-                if not selector.excluded(rel):
+                if not selector.excluded_dir(rel) and not is_partial_or_hidden(rel):
                     r.problem(
                         f"{prefix}.move_to",
                         f"is inside the watched folder; add {rel!r} to {prefix}.exclude "

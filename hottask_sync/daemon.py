@@ -109,7 +109,7 @@ def check_folders(config: Config) -> list[str]:
     """Returns one problem line per watched folder that is not a readable directory."""
     problems = []
     for i, folder in enumerate(config.folders):
-        where = f"folders[{i}].path {folder.path}"
+        where = f"{config.source}: folders[{i}].path {folder.path}"
         try:
             st = os.stat(folder.path)
         except FileNotFoundError:
@@ -154,6 +154,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.folders: dict[str, FolderConfig] = {f.key: f for f in self.config.folders}
         self.missing: set[str] = set()
+        self._folder_ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) watched
         self.notifier = Notifier(self.environ)
         self.metrics = Metrics()
         self.circuit = AuthCircuit(self.clock)
@@ -272,7 +273,8 @@ class Daemon:
         next_rescan = now + cfg.sync.rescan_seconds if cfg.sync.rescan_seconds else float("inf")
         next_folder_check = now + FOLDER_CHECK_SECONDS
         interval = self.notifier.watchdog_interval
-        next_ping = now
+        # No watchdog: no ping deadline (a past one would make every wait time out at once).
+        next_ping = now if interval is not None else float("inf")
         try:
             while not self._stop:
                 now = self.clock()
@@ -304,6 +306,14 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
         except LedgerError as exc:
+            # The main thread's own writes (pending files, from settling) fail the same way
+            # as a worker's, and must say so the same way.
+            log.critical(
+                "ledger.failed",
+                error=str(exc),
+                hint="uploads stopped: the ledger cannot record progress (disk full or "
+                "read-only?); exiting so the service manager restarts it",
+            )
             self._fatal = exc
         return self._shutdown()
 
@@ -313,7 +323,11 @@ class Daemon:
             candidates.append(d)
         if self._retries:
             candidates.append(self._retries[0][0])
-        if self._parked and (wait := self.circuit.seconds_until_probe()) is not None:
+        if self._counts_stale:
+            # STATUS= and the metrics' file counts are rate-limited, not left stale.
+            candidates.append(self._next_status)
+        waiting = self._parked or self._ready
+        if waiting and (wait := self.circuit.seconds_until_probe()) is not None:
             candidates.append(now + wait)
         return min(max(0.0, min(candidates) - now), 5.0)
 
@@ -337,12 +351,14 @@ class Daemon:
             self.missing.add(folder.key)
             log.error("folder.missing", folder=folder.key, hint="will watch it when it appears")
             return
+        folder_id = _dir_id(folder.path)
         try:
             how = self.watcher.add(folder)
         except OSError as exc:
             self.missing.add(folder.key)
             log.error("folder.unwatchable", folder=folder.key, error=exc.strerror)
             return
+        self._folder_ids[folder.key] = folder_id
         log.info("folder.watching", folder=folder.key, mode=how, recursive=folder.recursive)
 
     def _relpath(self, folder: FolderConfig, path: str) -> str | None:
@@ -455,6 +471,13 @@ class Daemon:
                 self.missing.add(folder.key)
                 self.watcher.remove(folder.key)
                 log.error("folder.missing", folder=folder.key, hint="will resume when it returns")
+            elif present and self._folder_ids.get(folder.key) not in (None, _dir_id(folder.path)):
+                # Replaced between two checks (moved away and created again, a restore): the
+                # watch still follows the old folder. Watch the new one and look into it.
+                log.warning("folder.replaced", folder=folder.key, hint="watching the new folder")
+                self._watch(folder)
+                if folder.key not in self.missing:
+                    self._scan(folder, now)
 
     # --- settling and scheduling -----------------------------------------------------------
 
@@ -505,10 +528,16 @@ class Daemon:
         if self._stop:
             return
         if self.circuit.is_open:
-            # Paused: one parked job goes out as the probe when its time comes.
-            if self._parked and self.circuit.seconds_until_probe() == 0.0 and not self._inflight:
+            # Paused: one waiting job goes out as the probe when its time comes: a parked
+            # one, else one back from a retry (a probe that met a 5xx is no longer parked,
+            # and the circuit must not wait for a probe that nobody will make).
+            if (
+                (self._parked or self._ready)
+                and self.circuit.seconds_until_probe() == 0.0
+                and not self._inflight
+            ):
                 self._refresh_key()
-                self._submit(self._parked.pop(0))
+                self._submit(self._parked.pop(0) if self._parked else self._ready.popleft())
             return
         while self._ready and len(self._inflight) < self._target_workers * 2:
             job = self._ready.popleft()
@@ -697,11 +726,36 @@ class Daemon:
     # --- signals and shutdown --------------------------------------------------------------
 
     def _install_signals(self) -> dict[int, Any]:
+        # A handler runs on the main thread between two bytecodes, possibly while that
+        # thread holds self._wake's internal lock (inside wait() or clear()): calling
+        # self._wake.set() there deadlocks. So a handler only sets its flag and writes a
+        # byte to a pipe; a helper thread turns the byte into the wake-up.
+        rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(rfd, True)
+        self._signal_wfd: int | None = wfd
+
+        def waker() -> None:
+            try:
+                while os.read(rfd, 64):
+                    self._wake.set()
+            except OSError:
+                pass
+            finally:
+                os.close(rfd)
+
+        threading.Thread(target=waker, name="signal-waker", daemon=True).start()
+
+        def poke() -> None:
+            with contextlib.suppress(OSError):
+                os.write(wfd, b"!")
+
         def stop(signum: int, _frame: FrameType | None) -> None:
-            self.request_stop()
+            self._stop = True
+            poke()
 
         def reload(signum: int, _frame: FrameType | None) -> None:
-            self.request_reload()
+            self._reload = True
+            poke()
 
         old: dict[int, Any] = {}
         for sig, handler in (
@@ -715,6 +769,9 @@ class Daemon:
     def _restore_signals(self, old: dict[int, Any]) -> None:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if (wfd := getattr(self, "_signal_wfd", None)) is not None:
+            self._signal_wfd = None
+            os.close(wfd)  # the waker thread reads EOF, closes its end and ends
 
     def _shutdown(self) -> int:
         grace = self.config.sync.shutdown_grace_seconds
@@ -756,6 +813,15 @@ class Daemon:
             return 1
         log.info("daemon.stopped")
         return 0
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    """Returns (st_dev, st_ino) of a folder, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _walk(root: str, rel_root: str, folder: FolderConfig) -> Iterator[tuple[str, os.stat_result]]:

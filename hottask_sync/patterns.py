@@ -93,6 +93,10 @@ class Selector:
             return False
         return not self._inc or any(r.fullmatch(relpath) for r in self._inc)
 
+    def excluded_dir(self, reldir: str) -> bool:
+        """Returns True when an exclude glob covers the folder (``done``, ``done/**``)."""
+        return any(r.fullmatch(reldir) or r.fullmatch(reldir + "/") for r in self._exc)
+
     def may_descend(self, reldir: str) -> bool:
         """Returns False for a folder nothing below which can be wanted (hidden or excluded)."""
-        return not (any(p.startswith(".") for p in reldir.split("/")) or self.excluded(reldir))
+        return not (any(p.startswith(".") for p in reldir.split("/")) or self.excluded_dir(reldir))

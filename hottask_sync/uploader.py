@@ -33,7 +33,7 @@ from .errors import (
 )
 from .files import FileSig
 from .ledger import Action, Entry, IllegalTransition, Ledger, State, plan
-from .logs import get_logger
+from .logs import get_logger, redact_text
 
 #: Big files log an ``upload.progress`` event this often.
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
@@ -187,6 +187,11 @@ class Uploader:
         stage = "ticket"
         try:
             ticket = job.ticket if job.ticket and job.ticket.usable(self.clock()) else None
+            if ticket is not None:
+                # PUT again to the same URL (the last answer was lost): record the version
+                # sent this time, which may differ from the one the ticket was taken for, or
+                # the ledger would say a newer version was never uploaded (and upload it twice).
+                self.ledger.mark_ticketed(folder.key, relpath, sig, ticket.file_store_id)
             for expired_once in (False, True):
                 if ticket is None:
                     stage = "ticket"
@@ -198,10 +203,15 @@ class Uploader:
                 try:
                     digest = self._put(ticket, fd, sig.size, ctx)
                     break
-                except UrlExpired:
+                except UrlExpired as exc:
                     # The URL died before or during the PUT: one new URL, same attempt.
                     if expired_once:
-                        raise
+                        # Two fresh URLs expired in a row (clock skew?): not the file's fault,
+                        # so not a permanent failure; retry later with a new ticket.
+                        job.ticket = None
+                        raise TransientError(
+                            f"{exc.args[0]} (twice in a row)", status=exc.status
+                        ) from exc
                     log.info("upload.url_expired", file_store_id=ticket.file_store_id, **ctx)
                     if self.metrics is not None:
                         self.metrics.upload_failed("expired")
@@ -209,13 +219,8 @@ class Uploader:
             assert ticket is not None
             if _changed(st, os.fstat(fd)) or not sig.same_version(_lstat(job.path)):
                 # Never report bytes that may mix two versions: settle and start again.
-                self.ledger.mark_pending(folder.key, relpath, None)
-                job.ticket = None
-                log.info("file.changed", reason="changed during upload", **ctx)
-                if self.metrics is not None:
-                    self.metrics.upload_failed("changed")
-                return Result(Outcome.CHANGED)
-            self.ledger.mark_put(folder.key, relpath, digest)
+                return self._changed_during_put(job, ctx)
+            self.ledger.mark_put(folder.key, relpath, digest, file_store_id=ticket.file_store_id)
             job.ticket = None
             stage = "report"
             self.client.report_success(ticket.file_store_id)
@@ -224,6 +229,12 @@ class Uploader:
             log.info("upload.interrupted", stage=stage, **ctx)
             return Result(Outcome.STOPPED)
         except ApiError as exc:
+            if stage == "put" and (
+                _changed(st, os.fstat(fd)) or not sig.same_version(_lstat(job.path))
+            ):
+                # The file changed under the PUT (a file that shrank aborts it): not a failed
+                # attempt; settle and start again.
+                return self._changed_during_put(job, ctx)
             # job.ticket is kept after a failed PUT: the next try PUTs to the same URL while
             # it is valid (the bytes may have arrived even though the answer did not).
             return self._failed_call(job, exc, stage, ctx, sig)
@@ -242,6 +253,14 @@ class Uploader:
             if entry is not None:
                 self._dispose(job, entry, sig, ctx)
         return Result(Outcome.DONE, size=sig.size)
+
+    def _changed_during_put(self, job: Job, ctx: dict[str, Any]) -> Result:
+        self.ledger.mark_pending(job.folder.key, job.relpath, None)
+        job.ticket = None
+        log.info("file.changed", reason="changed during upload", **ctx)
+        if self.metrics is not None:
+            self.metrics.upload_failed("changed")
+        return Result(Outcome.CHANGED)
 
     def _put(self, ticket: Ticket, fd: int, size: int, ctx: dict[str, Any]) -> str:
         """PUTs the file, hashing as it streams; returns the sha256 hex digest."""
@@ -329,11 +348,12 @@ class Uploader:
                 self.metrics.upload_failed("auth")
             job.failures = 0  # an auth pause is not this file's fault
             return Result(Outcome.AUTH, error=str(exc), error_class="auth")
+        self.circuit.inconclusive()  # if this was the auth probe, it must not wedge the circuit
         if isinstance(exc, TransientError):
             self.ledger.record_error(
                 job.folder.key,
                 job.relpath,
-                f"{stage}: {exc}",
+                redact_text(f"{stage}: {exc}"),
                 permanent=False,
                 max_attempts=self.max_attempts,
             )
@@ -351,7 +371,7 @@ class Uploader:
         updated = self.ledger.record_error(
             job.folder.key,
             job.relpath,
-            str(exc),
+            redact_text(str(exc)),
             permanent=True,
             max_attempts=self.max_attempts,
             fail_now=fail_now,

@@ -270,7 +270,8 @@ def test_100k_keys_hint_then_poll_fast() -> None:
     assert len(r.ready) == n
     assert len(s) == 0
     print(f"100k: hint {t_hint:.3f}s, poll {t_poll:.3f}s")
-    assert t_hint + t_poll < 2.0
+    # A guard against quadratic behaviour (minutes), not a benchmark: bench/ measures it.
+    assert t_hint + t_poll < 20.0
 
 
 def test_heap_is_compacted_when_one_key_is_hinted_many_times() -> None:
