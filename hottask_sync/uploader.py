@@ -224,6 +224,8 @@ class Uploader:
             job.ticket = None
             stage = "report"
             self.client.report_success(ticket.file_store_id)
+            # The auth probe may have reused its URL (no ticket call): this closes it.
+            self._call_succeeded()
             self.ledger.mark_reported(folder.key, relpath)
         except Stopped:
             log.info("upload.interrupted", stage=stage, **ctx)
@@ -255,6 +257,8 @@ class Uploader:
         return Result(Outcome.DONE, size=sig.size)
 
     def _changed_during_put(self, job: Job, ctx: dict[str, Any]) -> Result:
+        # A probe that reused its URL made no API call yet: it must not hold the circuit.
+        self.circuit.inconclusive()
         self.ledger.mark_pending(job.folder.key, job.relpath, None)
         job.ticket = None
         log.info("file.changed", reason="changed during upload", **ctx)
