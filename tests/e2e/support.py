@@ -1,0 +1,75 @@
+"""Helpers shared by the end-to-end tests (the fixtures live in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import DaemonProcess
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``hottask-sync ARGS`` to completion and returns the finished process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HOTTASK_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hottask_sync.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+
+
+def status(config: Path) -> dict[str, Any]:
+    """``hottask-sync status --json`` as a dict."""
+    done = cli("status", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every regular file below ``root`` (relative path → content); {} if it is missing."""
+    out: dict[str, bytes] = {}
+    if not root.exists():
+        return out
+    for dirpath, _dirs, files in os.walk(os.fsencode(root)):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            rel = os.fsdecode(os.path.relpath(full, os.fsencode(root)))
+            with open(full, "rb") as fh:
+                out[rel] = fh.read()
+    return out
+
+
+def run_for(daemon: DaemonProcess, seconds: float) -> None:
+    """Lets the daemon run for ``seconds`` (a monotonic deadline); returns early if it exits.
+
+    Used where the test is about time passing (a random kill moment, a quiet window),
+    never to wait for the system to reach a state.
+    """
+    deadline = time.monotonic() + seconds
+    tick = threading.Event()
+    while daemon.proc.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        tick.wait(min(0.05, left))
+
+
+def not_json(daemon: DaemonProcess) -> list[str]:
+    """Log lines that are not JSON (tracebacks, stray prints)."""
+    return [line["text"] for line in list(daemon.lines) if line.get("event") == "<not json>"]

@@ -1,0 +1,316 @@
+"""Chaos: the real daemon against the in-process emulator injecting every kind of fault,
+SIGKILLed at random moments and restarted, must still upload every file exactly once.
+
+Also the wrong API key: the daemon stays up, stays quiet (one error line, a handful of calls),
+and uploads everything once the key is fixed on disk and SIGHUP is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hottask_sync.emulator import Emulator, Faults
+from tests.conftest import API_KEY, DaemonProcess, start_daemon, wait_for, write_config
+from tests.e2e.support import not_json, run_for, sha256, status, tree
+
+SEED = 20240611
+KILLS = 6
+
+#: ≈31 % of the calls of each endpoint get an outcome fault, every kind represented, plus
+#: slow answers on 10 % of them.
+CHAOS = Faults(
+    error_5xx=0.08,
+    rate_429=0.05,
+    retry_after=1.0,
+    drop_before=0.06,
+    drop_after=0.07,
+    business_error=0.05,  # pre and report only
+    expire_url=0.05,  # PUT only
+    slow=0.10,
+    slow_seconds=0.3,
+    seed=SEED,
+)
+
+
+def make_files(rng: random.Random) -> dict[str, bytes]:
+    """110 files of mixed sizes in nested folders; every base name is unique (the
+    emulator only sees base names)."""
+    sizes = [0] * 6 + [rng.randint(1, 64) for _ in range(30)]
+    sizes += [rng.randint(90_000, 110_000) for _ in range(71)]
+    sizes += [5 * 1024 * 1024 + rng.randint(-4096, 4096) for _ in range(3)]
+    rng.shuffle(sizes)
+    folders = ["", "a", "a/b", "a/b/c", "d", "d/e f", "g/h/i/j"]
+    files: dict[str, bytes] = {}
+    for i, size in enumerate(sizes):
+        folder = rng.choice(folders)
+        name = f"f{i:03d}-{size}.bin"
+        files[f"{folder}/{name}" if folder else name] = rng.randbytes(size)
+    return files
+
+
+def write(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")  # excluded: written, then renamed in
+        tmp.write_bytes(data)
+        os.rename(tmp, path)
+
+
+def reported_by_name(emulator: Emulator) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for fsid, info in emulator.tickets().items():
+        if info.reported_count >= 1:
+            out.setdefault(info.file_name, []).append(fsid)
+    return out
+
+
+def wait_or_timeout(condition: object, seconds: float) -> None:
+    """Polls ``condition`` until it holds or ``seconds`` pass (no failure either way)."""
+    assert callable(condition)
+    deadline = time.monotonic() + seconds
+    tick = threading.Event()
+    while not condition() and time.monotonic() < deadline:
+        tick.wait(0.02)
+
+
+@pytest.mark.slow
+def test_chaos_every_file_reported_exactly_once_through_faults_and_kills(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    rng = random.Random(SEED)
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    files = make_files(rng)
+    names = list(files)
+    batches = [names[:60], names[60:85], names[85:]]  # before start, then while running
+    write(inbox, {rel: files[rel] for rel in batches[0]})
+    config = write_config(
+        tmp_path / "c.toml",
+        emulator.base_url,
+        [{"path": str(inbox), "after_upload": "move", "move_to": str(done)}],
+        sync={"settle_seconds": 0.2, "concurrency": 4},
+    )
+    emulator.faults = CHAOS
+    started = time.monotonic()
+    runs: list[DaemonProcess] = []
+
+    def start() -> DaemonProcess:
+        d = start_daemon(config)
+        daemons.append(d)
+        runs.append(d)
+        return d
+
+    daemon = start()
+    kills = 0
+    for cycle in range(KILLS):
+        if cycle in (1, 3):
+            write(inbox, {rel: files[rel] for rel in batches[(cycle + 1) // 2]})
+        if rng.random() < 0.5:
+            more = rng.randint(1, 12)
+            target = len(daemon.events("upload.succeeded")) + more
+            wait_or_timeout(lambda d=daemon, n=target: len(d.events("upload.succeeded")) >= n, 15.0)
+        else:
+            run_for(daemon, rng.uniform(0.05, 2.0))
+        assert daemon.proc.poll() is None, daemon.log_text()
+        daemon.kill()
+        assert daemon.proc.returncode == -signal.SIGKILL
+        kills += 1
+        daemon = start()
+    kill_seconds = time.monotonic() - started
+
+    # Still under faults, no more kills: let time work until everything is reported and
+    # moved (measured; typically 20-40 s for 110 files at ~30 % faults with the 1 s base).
+    wanted = {os.path.basename(rel) for rel in files}
+
+    def all_done() -> bool:
+        return wanted <= set(reported_by_name(emulator)) and not tree(inbox)
+
+    wait_or_timeout(all_done, 75.0)
+    done_under_faults = all_done()
+    chaos_seconds = time.monotonic() - started
+    faulted = emulator.calls()["faulted"]
+    uploaded_under_chaos = len(set(reported_by_name(emulator)) & wanted)
+
+    # Faults off; a graceful restart, and a final run until everything is done. When it
+    # all was done already, the restart must not ask for a single new ticket.
+    emulator.faults = Faults()
+    assert daemon.stop() == 0, daemon.log_text()
+    pre_before = emulator.calls()["pre"]
+    daemon = start()
+    wait_for(all_done, timeout=60, what="every file reported and moved")
+    assert daemon.stop() == 0, daemon.log_text()
+    if done_under_faults:
+        assert emulator.calls()["pre"] == pre_before
+    total_seconds = time.monotonic() - started
+
+    # Exactly one reported FileStoreId per file, with the original bytes.
+    reported = reported_by_name(emulator)
+    assert set(reported) == wanted
+    tickets = emulator.tickets()
+    for rel, data in files.items():
+        (fsid,) = reported[os.path.basename(rel)]
+        info = tickets[fsid]
+        assert info.size == len(data), rel
+        assert info.sha256 == sha256(data), rel
+    # Every original file is on disk exactly once (moved to its relative path), intact;
+    # nothing else is there (no half-moved copies, no " (1)" duplicates).
+    assert tree(inbox) == {}
+    assert tree(done) == files
+    summary = status(config)
+    assert summary["failed"] == 0 and summary["pending"] == 0
+    assert summary["uploaded"] == len(files)
+    # The faults really happened, of every kind, and the daemon never crashed.
+    logs = [line for d in runs for line in list(d.lines)]
+    events = Counter(line.get("event") for line in logs)
+    stages = Counter(line.get("stage") for line in logs if line.get("event") == "upload.retry")
+    assert events["upload.url_expired"] >= 1
+    assert stages["ticket"] >= 1 and stages["put"] >= 1 and stages["report"] >= 1
+    assert events["upload.crashed"] == 0 and events["upload.failed"] == 0
+    assert not [line for d in runs for line in not_json(d)]
+    assert kills >= 5
+    print(
+        f"\nchaos: {len(files)} files, {kills} SIGKILLs in {kill_seconds:.1f}s, "
+        f"{faulted} faulted calls, {uploaded_under_chaos} reported under faults "
+        f"({'all' if done_under_faults else 'not all'}) after {chaos_seconds:.1f}s, "
+        f"verified after {total_seconds:.1f}s; calls {emulator.calls()}"
+    )
+
+
+# --- the wrong key ----------------------------------------------------------------------------
+
+
+def api_calls(emulator: Emulator) -> int:
+    c = emulator.calls()
+    return c["auth_failed"] + c["pre"] + c["report"] + c["put"]
+
+
+@pytest.mark.slow
+def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    files = {f"doc{i:02d}.txt": f"document {i}\n".encode() * (i + 1) for i in range(12)}
+    write(inbox, files)
+    key_file = tmp_path / "api.key"
+    key_file.write_text("not-the-right-key\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "c.toml",
+        emulator.base_url,
+        [{"path": str(inbox)}],
+        api={"base_url": emulator.base_url, "timeout_seconds": 10, "api_key_file": str(key_file)},
+    )
+    daemon = start_daemon(config, key=None)
+    daemons.append(daemon)
+    window = 15.0
+    deadline = time.monotonic() + window
+    most = 0
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        assert daemon.proc.poll() is None, daemon.log_text()
+        most = max(most, api_calls(emulator))
+        assert most <= 30, emulator.calls()
+        tick.wait(0.1)
+    calls = emulator.calls()
+    assert daemon.proc.poll() is None
+    assert calls["auth_failed"] >= 1
+    assert emulator.reported() == {}
+    failed = daemon.events("auth.failed")
+    assert len(failed) == 1, failed
+    line = failed[0]
+    assert line["level"] == "error"
+    assert line["key_source"] == str(key_file)
+    assert "401" in line["error"] and "check the API key" in line["error"]
+    assert str(key_file) in line["hint"]
+    assert "not-the-right-key" not in daemon.log_text()
+    summary = status(config)
+    assert summary["pending"] == len(files) and summary["failed"] == 0
+    print(f"\nwrong key: {api_calls(emulator)} calls in {window:.0f}s: {calls}")
+
+    key_file.write_text(API_KEY + "\n", encoding="utf-8")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: len(emulator.reported()) == len(files),
+        timeout=20,
+        what="every file reported after the key was fixed",
+    )
+    by_name = reported_by_name(emulator)
+    assert {name: len(ids) for name, ids in by_name.items()} == dict.fromkeys(files, 1)
+    for name, data in files.items():
+        assert emulator.tickets()[by_name[name][0]].sha256 == sha256(data)
+    assert daemon.events("auth.key_reloaded")
+    assert daemon.stop() == 0
+    summary = status(config)
+    assert summary["uploaded"] == len(files) and summary["pending"] == 0
+
+
+@pytest.mark.slow
+def test_wrong_key_fixed_on_disk_resumes_by_itself_at_the_first_probe(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    """No SIGHUP: the probe (30 s after the failure) reads the key file again."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    files = {f"doc{i}.txt": f"document {i}\n".encode() for i in range(5)}
+    write(inbox, files)
+    key_file = tmp_path / "api.key"
+    key_file.write_text("not-the-right-key\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "c.toml",
+        emulator.base_url,
+        [{"path": str(inbox)}],
+        api={"base_url": emulator.base_url, "timeout_seconds": 10, "api_key_file": str(key_file)},
+    )
+    daemon = start_daemon(config, key=None)
+    daemons.append(daemon)
+    failed_at = time.monotonic()
+    daemon.wait_event("auth.failed")
+    key_file.write_text(API_KEY + "\n", encoding="utf-8")
+    wait_for(lambda: len(emulator.reported()) == len(files), timeout=45, what="resumed")
+    resumed_after = time.monotonic() - failed_at
+    assert resumed_after >= 25.0  # it waited for the probe, it did not hammer the API
+    assert len(daemon.events("auth.failed")) == 1
+    assert daemon.events("auth.key_reloaded") and daemon.events("auth.recovered")
+    by_name = reported_by_name(emulator)
+    assert {name: len(ids) for name, ids in by_name.items()} == dict.fromkeys(files, 1)
+    assert emulator.calls()["auth_failed"] <= 8
+    assert daemon.stop() == 0
+
+
+def test_auth_probe_meeting_a_server_error_does_not_stall_uploads(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    """The probe after an auth failure gets a 5xx: the file goes back to the retry queue,
+    and the next probe must still happen (here forced by SIGHUP after fixing the key)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "one.txt").write_bytes(b"just one file")
+    key_file = tmp_path / "api.key"
+    key_file.write_text("wrong\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "c.toml",
+        emulator.base_url,
+        [{"path": str(inbox)}],
+        api={"base_url": emulator.base_url, "timeout_seconds": 10, "api_key_file": str(key_file)},
+    )
+    daemon = start_daemon(config, key=None)
+    daemons.append(daemon)
+    daemon.wait_event("auth.failed")
+    emulator.faults = Faults(error_5xx=1.0, endpoints=frozenset({"pre"}))
+    daemon.proc.send_signal(signal.SIGHUP)  # same key: probes at once, and meets a 5xx
+    daemon.wait_event("upload.retry")
+    key_file.write_text(API_KEY + "\n", encoding="utf-8")
+    emulator.faults = Faults()
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_event("upload.succeeded", timeout=15)
+    assert len(emulator.reported()) == 1
+    assert daemon.stop() == 0
