@@ -14,16 +14,23 @@ from typing import Any
 
 from tests.conftest import DaemonProcess
 
+STRIPPED_ENV = ("HOTTASK_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without anything that would give the CLI a key or a socket."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
+    env.update(extra)
+    return env
+
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Runs ``hottask-sync ARGS`` to completion and returns the finished process."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HOTTASK_")}
-    environ.update(env or {})
+    """Runs ``hottask-sync ARGS`` to completion (``env`` defaults to clean_env())."""
     return subprocess.run(
         [sys.executable, "-m", "hottask_sync.cli", *args],
         capture_output=True,
         text=True,
-        env=environ,
+        env=env if env is not None else clean_env(),
         timeout=60,
         check=False,
     )

@@ -13,16 +13,15 @@ import pytest
 
 from hottask_sync.emulator import Emulator, Faults
 from hottask_sync.ledger import Ledger
-from tests.conftest import API_KEY, DaemonProcess, start_daemon, wait_for, write_config
-from tests.e2e.support import cli, not_json, sha256, status, tree
-
-
-def reported_by_name(emulator: Emulator) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for fsid, info in emulator.tickets().items():
-        if info.reported_count >= 1:
-            out.setdefault(info.file_name, []).append(fsid)
-    return out
+from tests.conftest import (
+    API_KEY,
+    DaemonProcess,
+    reported_files,
+    start_daemon,
+    wait_for,
+    write_config,
+)
+from tests.e2e.support import clean_env, cli, not_json, sha256, status, tree
 
 
 def moving_config(tmp_path: Path, emulator: Emulator, **sync: object) -> tuple[Path, Path, Path]:
@@ -75,10 +74,10 @@ def test_awkward_names_are_uploaded_with_a_valid_name(
         create(inbox, name, data)
     wanted = {shown for shown, _ in NAMES.values()}
     wait_for(
-        lambda: set(reported_by_name(emulator)) >= wanted and not tree(inbox),
+        lambda: set(reported_files(emulator)) >= wanted and not tree(inbox),
         what="every awkward name reported and moved",
     )
-    reported = reported_by_name(emulator)
+    reported = reported_files(emulator)
     assert set(reported) == wanted
     tickets = emulator.tickets()
     for name, (shown, data) in NAMES.items():
@@ -124,8 +123,8 @@ def test_file_changed_during_the_put_is_reported_only_in_its_final_version(
         final = os.urandom(len(data))
         with path.open("r+b") as fh:
             fh.write(final)
-    wait_for(lambda: "big.bin" in reported_by_name(emulator) and not path.exists(), timeout=30)
-    (fsid,) = reported_by_name(emulator)["big.bin"]
+    wait_for(lambda: "big.bin" in reported_files(emulator) and not path.exists(), timeout=30)
+    (fsid,) = reported_files(emulator)["big.bin"]
     tickets = emulator.tickets()
     assert tickets[fsid].sha256 == sha256(final)
     # The first upload was never reported (whatever bytes it carried).
@@ -183,7 +182,7 @@ def test_watched_folder_removed_and_recreated(
     daemon = start_daemon(config)
     daemons.append(daemon)
     (inbox / "before.txt").write_bytes(b"before")
-    wait_for(lambda: "before.txt" in reported_by_name(emulator))
+    wait_for(lambda: "before.txt" in reported_files(emulator))
     shutil.rmtree(inbox)
     daemon.wait_event("folder.missing", timeout=10)
     assert daemon.proc.poll() is None
@@ -192,10 +191,10 @@ def test_watched_folder_removed_and_recreated(
     daemon.wait_event("folder.back", timeout=10)
     (inbox / "after.txt").write_bytes(b"created after it was back")
     wait_for(
-        lambda: {"with-the-folder.txt", "after.txt"} <= set(reported_by_name(emulator)),
+        lambda: {"with-the-folder.txt", "after.txt"} <= set(reported_files(emulator)),
         what="the files of the recreated folder",
     )
-    assert {k: len(v) for k, v in reported_by_name(emulator).items()} == {
+    assert {k: len(v) for k, v in reported_files(emulator).items()} == {
         "before.txt": 1,
         "with-the-folder.txt": 1,
         "after.txt": 1,
@@ -216,12 +215,12 @@ def test_watched_folder_replaced_between_two_checks(
     daemon = start_daemon(config)
     daemons.append(daemon)
     (inbox / "before.txt").write_bytes(b"before")
-    wait_for(lambda: "before.txt" in reported_by_name(emulator))
+    wait_for(lambda: "before.txt" in reported_files(emulator))
     os.rename(inbox, tmp_path / "inbox.old")
     inbox.mkdir()
     (inbox / "after.txt").write_bytes(b"in the new folder")
     wait_for(
-        lambda: "after.txt" in reported_by_name(emulator),
+        lambda: "after.txt" in reported_files(emulator),
         timeout=15,
         what="a file in the replaced folder",
     )
@@ -233,7 +232,7 @@ def test_watched_folder_that_is_a_file_exits_2_naming_it(tmp_path: Path) -> None
     not_a_dir = tmp_path / "inbox"
     not_a_dir.write_text("I am a file")
     config = write_config(tmp_path / "c.toml", "http://127.0.0.1:9", [{"path": str(not_a_dir)}])
-    done = cli("run", "--config", str(config), env={"HOTTASK_API_KEY": API_KEY})
+    done = cli("run", "--config", str(config), env=clean_env(HOTTASK_API_KEY=API_KEY))
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
@@ -300,7 +299,7 @@ def test_ledger_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
     daemons.append(daemon)
     wait_for(lambda: not tree(inbox), what="the late files moved")
     assert daemon.stop() == 0
-    reported = reported_by_name(emulator)
+    reported = reported_files(emulator)
     assert {k: len(v) for k, v in reported.items()} == dict.fromkeys(["first.txt", *late], 1)
     assert tree(done) == {"first.txt": b"uploaded while the disk had room", **late}
     summary = status(config)
@@ -322,5 +321,5 @@ def test_reloads_during_uploads_disturb_nothing(
         daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: tree(done) == files, timeout=30, what="all moved")
     assert daemon.proc.poll() is None
-    assert {k: len(v) for k, v in reported_by_name(emulator).items()} == dict.fromkeys(files, 1)
+    assert {k: len(v) for k, v in reported_files(emulator).items()} == dict.fromkeys(files, 1)
     assert daemon.stop() == 0

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from hottask_sync.emulator import Emulator, Faults
-from tests.conftest import API_KEY, DaemonProcess, start_daemon, wait_for, write_config
+from tests.conftest import (
+    API_KEY,
+    DaemonProcess,
+    reported_files,
+    start_daemon,
+    wait_for,
+    write_config,
+)
 from tests.e2e.support import not_json, run_for, sha256, status, tree
 
 SEED = 20240611
@@ -63,14 +70,6 @@ def write(root: Path, files: dict[str, bytes]) -> None:
         tmp = path.with_name(f".{path.name}.part")  # excluded: written, then renamed in
         tmp.write_bytes(data)
         os.rename(tmp, path)
-
-
-def reported_by_name(emulator: Emulator) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for fsid, info in emulator.tickets().items():
-        if info.reported_count >= 1:
-            out.setdefault(info.file_name, []).append(fsid)
-    return out
 
 
 def wait_or_timeout(condition: object, seconds: float) -> None:
@@ -132,13 +131,13 @@ def test_chaos_every_file_reported_exactly_once_through_faults_and_kills(
     wanted = {os.path.basename(rel) for rel in files}
 
     def all_done() -> bool:
-        return wanted <= set(reported_by_name(emulator)) and not tree(inbox)
+        return wanted <= set(reported_files(emulator)) and not tree(inbox)
 
     wait_or_timeout(all_done, 75.0)
     done_under_faults = all_done()
     chaos_seconds = time.monotonic() - started
     faulted = emulator.calls()["faulted"]
-    uploaded_under_chaos = len(set(reported_by_name(emulator)) & wanted)
+    uploaded_under_chaos = len(set(reported_files(emulator)) & wanted)
 
     # Faults off; a graceful restart, and a final run until everything is done. When it
     # all was done already, the restart must not ask for a single new ticket.
@@ -153,7 +152,7 @@ def test_chaos_every_file_reported_exactly_once_through_faults_and_kills(
     total_seconds = time.monotonic() - started
 
     # Exactly one reported FileStoreId per file, with the original bytes.
-    reported = reported_by_name(emulator)
+    reported = reported_files(emulator)
     assert set(reported) == wanted
     tickets = emulator.tickets()
     for rel, data in files.items():
@@ -243,7 +242,7 @@ def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
         timeout=20,
         what="every file reported after the key was fixed",
     )
-    by_name = reported_by_name(emulator)
+    by_name = reported_files(emulator)
     assert {name: len(ids) for name, ids in by_name.items()} == dict.fromkeys(files, 1)
     for name, data in files.items():
         assert emulator.tickets()[by_name[name][0]].sha256 == sha256(data)
@@ -280,7 +279,7 @@ def test_wrong_key_fixed_on_disk_resumes_by_itself_at_the_first_probe(
     assert resumed_after >= 25.0  # it waited for the probe, it did not hammer the API
     assert len(daemon.events("auth.failed")) == 1
     assert daemon.events("auth.key_reloaded") and daemon.events("auth.recovered")
-    by_name = reported_by_name(emulator)
+    by_name = reported_files(emulator)
     assert {name: len(ids) for name, ids in by_name.items()} == dict.fromkeys(files, 1)
     assert emulator.calls()["auth_failed"] <= 8
     assert daemon.stop() == 0

@@ -7,11 +7,8 @@ Real temporary folders, real inotify, real signals. Every wait is a poll with a 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import pytest
 
 from hottask_sync.emulator import Emulator, Faults, TicketInfo
 from tests.conftest import DaemonProcess, reported_files, start_daemon, wait_for, write_config
+from tests.e2e.support import status
 
 GRACE = 0.5
 #: daemon.ABORT_WAIT_SECONDS: after the grace period, an aborted PUT gets this to unwind.
@@ -55,23 +53,6 @@ def wait_reported(emu: Emulator, names: list[str], timeout: float = 20.0) -> dic
         return rep if set(names) <= set(rep) else None
 
     result: dict[str, list[str]] = wait_for(done, timeout, what=f"{names} reported")
-    return result
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hottask_sync.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def status(config: Path) -> dict[str, Any]:
-    done = run_cli("status", "--config", str(config), "--json")
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 

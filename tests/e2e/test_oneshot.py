@@ -12,23 +12,9 @@ from pathlib import Path
 
 import tomli_w
 
+from tests.e2e.support import clean_env, cli
+
 KEY = "oneshot-key-77"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOTTASK_", "CREDENTIALS_"))}
-    env.update(extra)
-    return env
-
-
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hottask_sync.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
 
 
 def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: Path) -> None:
@@ -50,7 +36,7 @@ def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: P
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=_env(),
+        env=clean_env(),
     )
     try:
         assert emu.stdout is not None
@@ -71,8 +57,13 @@ def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: P
         empty = tmp_path / "empty.txt"
         empty.write_bytes(b"")
 
-        done = _cli(
-            "upload", "--config", str(config), str(pdf), str(empty), env=_env(HOTTASK_API_KEY=KEY)
+        done = cli(
+            "upload",
+            "--config",
+            str(config),
+            str(pdf),
+            str(empty),
+            env=clean_env(HOTTASK_API_KEY=KEY),
         )
         assert done.returncode == 0, done.stdout + done.stderr
         lines = done.stdout.splitlines()
@@ -85,13 +76,13 @@ def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: P
         assert [p.stat().st_size for p in emu_dir.glob("*/empty.txt")] == [0]
 
         # A missing file and a wrong key: one line each, exit 1, no traceback, no key shown.
-        bad = _cli(
+        bad = cli(
             "upload",
             "--config",
             str(config),
             str(tmp_path / "nope.txt"),
             str(pdf),
-            env=_env(HOTTASK_API_KEY="wrong-key-123"),
+            env=clean_env(HOTTASK_API_KEY="wrong-key-123"),
         )
         assert bad.returncode == 1
         out = bad.stdout.splitlines()
@@ -101,7 +92,7 @@ def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: P
         assert "wrong-key-123" not in bad.stdout + bad.stderr
 
         # No key anywhere: exit 2 naming the three places.
-        nokey = _cli("upload", "--config", str(config), str(pdf), env=_env())
+        nokey = cli("upload", "--config", str(config), str(pdf), env=clean_env())
         assert nokey.returncode == 2
         assert "HOTTASK_API_KEY" in nokey.stderr and "hottask-api-key" in nokey.stderr
     finally:

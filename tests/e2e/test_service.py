@@ -33,20 +33,13 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.e2e.support import clean_env, cli
 
 REPO = Path(__file__).resolve().parents[2]
-STRIPPED_ENV = ("HOTTASK_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_")
 TRACEBACK = "Traceback (most recent call last)"
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without anything that would give the CLI a key or a socket."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
-    env.update(extra)
-    return env
 
 
 class NotifySocket:
@@ -130,16 +123,6 @@ def wait_uploaded(daemon: DaemonProcess, folder: Path, name: str) -> dict[str, o
     return wait_for(
         lambda: succeeded(daemon, folder, name), what=f"upload.succeeded for {folder}/{name}"
     )[0]
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hottask_sync.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env if env is not None else clean_env(),
-        timeout=30,
-    )
 
 
 def timestamp(line: dict[str, object]) -> float:

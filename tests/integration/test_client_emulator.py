@@ -16,20 +16,11 @@ import pytest
 from hottask_sync.client import CHUNK_SIZE, HotTaskClient, Ticket
 from hottask_sync.emulator import Emulator
 from hottask_sync.errors import AuthError, UrlExpired
+from tests.fakes import FakeClock
 
 KEY = "client-test-key"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
-
-
-class FakeClock:
-    """A wall clock for the emulator that the test moves by hand."""
-
-    def __init__(self, now: float = 1_767_225_600.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RecordingTransport(httpx.BaseTransport):
@@ -107,7 +98,7 @@ def test_chunked_put_is_refused_with_501(tmp_path: Path, emu: Emulator) -> None:
 
 
 def test_expired_url_raises_url_expired(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_767_225_600.0)
     path = tmp_path / "late.txt"
     path.write_bytes(b"too late")
     with (

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ import httpx
 import pytest
 
 from hottask_sync.emulator import Emulator, Faults, parse_faults
+from tests.conftest import wait_for
+from tests.fakes import FakeClock
 
 KEY = "test-key"
 PRE = "/chat/User/GetPreUploadUrl"
@@ -30,28 +31,9 @@ REPORT = "/chat/User/ReportUploadSuccess"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_737_428_534.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Polls ``condition`` until it holds; fails the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        threading.Event().wait(0.005)  # a short poll interval, not a wait for the event
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_737_428_534.0)
 
 
 @pytest.fixture

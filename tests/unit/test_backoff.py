@@ -7,18 +7,7 @@ import random
 import pytest
 
 from hottask_sync.backoff import AuthCircuit, Throttle, retry_delay
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakes import FakeClock
 
 # --- retry_delay --------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from hottask_sync.errors import (
     TransientError,
     UrlExpired,
 )
+from tests.fakes import StreamingMockTransport
 
 BASE = "https://api.hottask.test"
 KEY = "hk_live_Zx81-S3CR3T-api-key"
@@ -575,15 +576,6 @@ def test_on_chunk_transient_error_passes_through(opened: Callable[[bytes], int])
     with make_client(answer(200)) as client, pytest.raises(TransientError) as info:
         client.put(ticket(), opened(b"z" * 10), 10, on_chunk=on_chunk)
     assert info.value is error
-
-
-class StreamingMockTransport(httpx.MockTransport):
-    """MockTransport without the upfront ``request.read()``: the handler reads the stream."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.handler(request)
-        assert isinstance(response, httpx.Response)
-        return response
 
 
 def test_put_streams_in_constant_memory(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from hottask_sync.config import FolderConfig
 from hottask_sync.files import FileSig
 from hottask_sync.ledger import Action, Ledger, State, plan
 from hottask_sync.uploader import Job, Outcome, Uploader
+from tests.fakes import FakeClock, StreamingMockTransport, s3_error
 
 BASE = "https://api.hottask.test"
 KEY = "unit-test-key"
@@ -47,21 +48,6 @@ def envelope(data: object = None, *, code: int = 200, message: str = "") -> dict
         "Code": code,
         "Message": message,
     }
-
-
-def s3_error(code: str, message: str) -> bytes:
-    return f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -158,15 +144,6 @@ def raising(exc_type: type[httpx.HTTPError]) -> Fault:
 
 def expired(request: httpx.Request) -> httpx.Response:
     return httpx.Response(403, content=s3_error("AccessDenied", "Request has expired"))
-
-
-class StreamingMockTransport(httpx.MockTransport):
-    """MockTransport without the upfront ``request.read()``: the handler reads the stream."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.handler(request)
-        assert isinstance(response, httpx.Response)
-        return response
 
 
 # --- fixtures ---------------------------------------------------------------------------------

@@ -29,18 +29,11 @@ from hottask_sync.uploader import (
     Outcome,
     Uploader,
 )
+from tests.fakes import FakeClock
 
 BASE = "https://api.hottask.test"
 PUT_URL = "https://s3.test/bucket/9001/obj.bin?X-Amz-Expires=300&X-Amz-Signature=abc"
 SECONDS_PER_CHUNK = 1.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def envelope(data: object) -> httpx.Response:
