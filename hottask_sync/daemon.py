@@ -284,8 +284,6 @@ class Daemon:
                     next_rescan = now  # a reload (and `retry`) looks at every folder again
                 self._drain_hints(now)
                 self._drain_results(now)
-                if self._fatal is not None:
-                    break
                 if self._rescan_now or now >= next_rescan:
                     self._rescan_now = False
                     self._scan_all(now)
@@ -306,8 +304,8 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
         except LedgerError as exc:
-            # The main thread's own writes (pending files, from settling) fail the same way
-            # as a worker's, and must say so the same way.
+            # A worker's failed write (re-raised by _drain_results) or the main thread's own
+            # (pending files, from settling): either way nothing more can be recorded.
             log.critical(
                 "ledger.failed",
                 error=str(exc),
@@ -558,14 +556,7 @@ class Daemon:
             self._inflight.discard(job.key)
             self._counts_stale = True
             if isinstance(result, LedgerError):
-                log.critical(
-                    "ledger.failed",
-                    error=str(result),
-                    hint="uploads stopped: the ledger cannot record progress (disk full or "
-                    "read-only?); exiting so the service manager restarts it",
-                )
-                self._fatal = result
-                return
+                raise result  # handled once, in the main loop
             if isinstance(result, BaseException):
                 log.error(
                     "upload.crashed", folder=job.folder.key, path=job.relpath, error=repr(result)
