@@ -411,7 +411,19 @@ class Ledger:
         counters and last error are reset; otherwise they are kept.
         """
         now = self._clock()
+        dev, ino, size, mtime_ns = _sig_params(sig)
         with self._transaction() as conn:
+            # The usual case in one statement, without reading the row first: a pending,
+            # ticketed or failed row of this very version keeps its counters and takes the
+            # ticket (what the general path below does when new_version is False).
+            if conn.execute(
+                "UPDATE files SET dev = ?, state = 'ticketed', file_store_id = ?, sha256 = NULL,"
+                " disposed = 0, reported_at = NULL, updated_at = ?"
+                " WHERE folder = ? AND relpath = ? AND state IN ('pending', 'ticketed', 'failed')"
+                " AND dev IS NOT NULL AND ino = ? AND size = ? AND mtime_ns = ?",
+                (dev, file_store_id, now, folder, os.fsencode(relpath), ino, size, mtime_ns),
+            ).rowcount:
+                return
             cur = _fetch(conn, folder, relpath)
             if cur is None:
                 conn.execute(
@@ -454,6 +466,14 @@ class Ledger:
         """
         now = self._clock()
         with self._transaction(durable=True) as conn:
+            # Checked by the UPDATE itself; the row is read only to explain a refusal.
+            if conn.execute(
+                "UPDATE files SET state = 'put', sha256 = ?, updated_at = ?"
+                " WHERE folder = ? AND relpath = ? AND state = 'ticketed'"
+                " AND (? IS NULL OR file_store_id = ?)",
+                (sha256, now, folder, os.fsencode(relpath), file_store_id, file_store_id),
+            ).rowcount:
+                return
             cur = _fetch(conn, folder, relpath)
             self._require(cur, "mark_put", State.TICKETED, file_store_id, folder, relpath)
             conn.execute(
@@ -470,6 +490,14 @@ class Ledger:
         """
         now = self._clock()
         with self._transaction() as conn:
+            # Checked by the UPDATE itself; the row is read only to explain a refusal.
+            if conn.execute(
+                "UPDATE files SET state = 'reported', reported_at = ?, last_error = NULL,"
+                " updated_at = ? WHERE folder = ? AND relpath = ? AND state = 'put'"
+                " AND (? IS NULL OR file_store_id = ?)",
+                (now, now, folder, os.fsencode(relpath), file_store_id, file_store_id),
+            ).rowcount:
+                return
             cur = _fetch(conn, folder, relpath)
             self._require(cur, "mark_reported", State.PUT, file_store_id, folder, relpath)
             conn.execute(

@@ -1,0 +1,1 @@
+"""The hottask-sync benchmark suite (see bench/README.md)."""
