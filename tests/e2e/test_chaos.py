@@ -193,12 +193,15 @@ def api_calls(emulator: Emulator) -> int:
 
 
 @pytest.mark.slow
-def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
-    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
-) -> None:
+def start_with_wrong_key(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], files: dict[str, bytes]
+) -> tuple[DaemonProcess, Path, Path]:
+    """Starts a daemon whose api_key_file holds a key the emulator refuses.
+
+    Returns the daemon, the key file and the config file.
+    """
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    files = {f"doc{i:02d}.txt": f"document {i}\n".encode() * (i + 1) for i in range(12)}
     write(inbox, files)
     key_file = tmp_path / "api.key"
     key_file.write_text("not-the-right-key\n", encoding="utf-8")
@@ -210,6 +213,14 @@ def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
     )
     daemon = start_daemon(config, key=None)
     daemons.append(daemon)
+    return daemon, key_file, config
+
+
+def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    files = {f"doc{i:02d}.txt": f"document {i}\n".encode() * (i + 1) for i in range(12)}
+    daemon, key_file, config = start_with_wrong_key(tmp_path, emulator, daemons, files)
     window = 15.0
     deadline = time.monotonic() + window
     most = 0
@@ -257,20 +268,8 @@ def test_wrong_key_fixed_on_disk_resumes_by_itself_at_the_first_probe(
     tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
 ) -> None:
     """No SIGHUP: the probe (30 s after the failure) reads the key file again."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
     files = {f"doc{i}.txt": f"document {i}\n".encode() for i in range(5)}
-    write(inbox, files)
-    key_file = tmp_path / "api.key"
-    key_file.write_text("not-the-right-key\n", encoding="utf-8")
-    config = write_config(
-        tmp_path / "c.toml",
-        emulator.base_url,
-        [{"path": str(inbox)}],
-        api={"base_url": emulator.base_url, "timeout_seconds": 10, "api_key_file": str(key_file)},
-    )
-    daemon = start_daemon(config, key=None)
-    daemons.append(daemon)
+    daemon, key_file, _ = start_with_wrong_key(tmp_path, emulator, daemons, files)
     failed_at = time.monotonic()
     daemon.wait_event("auth.failed")
     key_file.write_text(API_KEY + "\n", encoding="utf-8")
