@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -354,11 +353,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  Press Ctrl-C to stop.\n",
         flush=True,
     )
-    stopper = threading.Event()
     try:
         code = Daemon(config, environ=env).run()
+    except KeyboardInterrupt:
+        code = 0  # Ctrl-C before the daemon took over SIGINT: still a clean stop
     finally:
-        stopper.set()
         emu.stop()
     print(f"demo stopped; uploaded files are under {store}")
     return code

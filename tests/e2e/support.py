@@ -57,8 +57,11 @@ def tree(root: Path) -> dict[str, bytes]:
         for name in files:
             full = os.path.join(dirpath, name)
             rel = os.fsdecode(os.path.relpath(full, os.fsencode(root)))
-            with open(full, "rb") as fh:
-                out[rel] = fh.read()
+            try:
+                with open(full, "rb") as fh:
+                    out[rel] = fh.read()
+            except FileNotFoundError:
+                continue  # moved away by the daemon while we walked: no longer in the tree
     return out
 
 

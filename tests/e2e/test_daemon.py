@@ -60,7 +60,10 @@ def stored_bytes(emu: Emulator) -> Iterator[bytes]:
     """The content of every file under the emulator's data directory."""
     for root, _dirs, files in os.walk(emu.data_dir):
         for name in files:
-            yield Path(root, name).read_bytes()
+            try:
+                yield Path(root, name).read_bytes()
+            except FileNotFoundError:
+                continue  # a PUT's temporary file, renamed into place while we walked
 
 
 @pytest.fixture
