@@ -346,12 +346,13 @@ class Ledger:
         return result
 
     def recent_failures(self, limit: int = 10) -> list[Entry]:
-        """Returns up to ``limit`` rows that failed, or hit an error and are not reported
-        yet (still retrying), most recently updated first."""
+        """Returns up to ``limit`` rows that failed, hit an error and are not reported yet
+        (still retrying), or were reported but whose after_upload move/delete failed (it is
+        tried again at the next scan), most recently updated first."""
         with self._reading() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM files"
-                " WHERE state = 'failed' OR (last_error IS NOT NULL AND state != 'reported')"
+                " WHERE state = 'failed' OR (last_error IS NOT NULL AND disposed = 0)"
                 " ORDER BY updated_at DESC, folder, relpath LIMIT ?",
                 (limit,),
             ).fetchall()

@@ -422,8 +422,11 @@ class Uploader:
         except FileNotFoundError:
             pass  # already gone: nothing left to do
         except OSError as exc:
-            log.error(
-                "file.dispose_failed", action=folder.after_upload, error=_os_error(exc), **ctx
+            error = f"after_upload {folder.after_upload} failed: {_os_error(exc)}"
+            log.error("file.dispose_failed", action=folder.after_upload, error=error, **ctx)
+            # Kept on the reported row for `status`; the next scan tries the move/delete again.
+            self.ledger.record_error(
+                folder.key, job.relpath, error, permanent=False, max_attempts=self.max_attempts
             )
             return
         self.ledger.mark_disposed(folder.key, job.relpath)

@@ -828,3 +828,25 @@ def test_move_cut_off_after_the_report_is_finished_on_the_next_run(rig: Rig) -> 
     assert rig.server.calls == []
     assert (rig.done / "a.txt").read_bytes() == b"hello"
     assert rig.row("a.txt", folder).disposed
+
+
+def test_failed_move_keeps_the_file_shows_in_status_and_is_retried(rig: Rig) -> None:
+    folder = moving(rig)
+    rig.done.parent.mkdir(parents=True, exist_ok=True)
+    rig.done.write_bytes(b"a file where the move_to folder should be")
+    rig.write("sub/a.txt", b"hello")
+    assert rig.uploader.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
+    assert (rig.inbox / "sub/a.txt").read_bytes() == b"hello"  # nothing lost
+    row = rig.row("sub/a.txt", folder)
+    assert row.state is State.REPORTED and not row.disposed
+    assert row.last_error is not None and "after_upload move failed" in row.last_error
+    assert [(e.relpath, e.state) for e in rig.ledger.recent_failures()] == [
+        ("sub/a.txt", State.REPORTED)
+    ]
+    calls = len(rig.server.calls)
+    rig.done.unlink()  # fixed: the next look at the file finishes the move, no upload
+    assert rig.uploader.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
+    assert len(rig.server.calls) == calls
+    assert (rig.done / "sub/a.txt").read_bytes() == b"hello"
+    assert rig.row("sub/a.txt", folder).disposed
+    assert rig.ledger.recent_failures() == []
