@@ -34,7 +34,6 @@ from .client import HotTaskClient
 from .config import ApiKey, Config, FolderConfig, load_config, resolve_api_key
 from .errors import (
     ConfigError,
-    HottaskSyncError,
     KeyNotFoundError,
     LedgerError,
     LockedError,
@@ -149,7 +148,6 @@ class Daemon:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     transport: httpx.BaseTransport | None = None
     clock: Callable[[], float] = time.monotonic
-    install_signals: bool = True
 
     def __post_init__(self) -> None:
         self.folders: dict[str, FolderConfig] = {f.key: f for f in self.config.folders}
@@ -185,14 +183,6 @@ class Daemon:
         self._counts_stale = True
 
     # --- public ----------------------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-
-    def request_reload(self) -> None:
-        self._reload = True
-        self._wake.set()
 
     def run(self) -> int:
         """Runs the daemon in this thread until SIGTERM/SIGINT; returns the exit code.
@@ -232,7 +222,7 @@ class Daemon:
         )
         self.watcher = Watcher(self._hint, self._overflowed)
         server = None
-        old_handlers = self._install_signals() if self.install_signals else {}
+        old_handlers = self._install_signals()
         try:
             if (address := cfg.metrics.address) is not None:
                 server = self.metrics.serve(*address)
@@ -845,14 +835,3 @@ def _walk(root: str, rel_root: str, folder: FolderConfig) -> Iterator[tuple[str,
                 yield child, entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-
-
-def run_daemon(config_path: str, environ: Mapping[str, str] | None = None) -> int:
-    """Loads the config, sets up logging and runs the daemon; returns the exit code."""
-    env = dict(os.environ if environ is None else environ)
-    config = load_config(config_path, env)
-    logs.configure(config.logging.format, config.logging.level)
-    try:
-        return Daemon(config, environ=env).run()
-    except HottaskSyncError:
-        raise

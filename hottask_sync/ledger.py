@@ -467,20 +467,15 @@ class Ledger:
         """
         now = self._clock()
         with self._transaction(durable=True) as conn:
-            # Checked by the UPDATE itself; the row is read only to explain a refusal.
-            if conn.execute(
-                "UPDATE files SET state = 'put', sha256 = ?, updated_at = ?"
-                " WHERE folder = ? AND relpath = ? AND state = 'ticketed'"
-                " AND (? IS NULL OR file_store_id = ?)",
-                (sha256, now, folder, os.fsencode(relpath), file_store_id, file_store_id),
-            ).rowcount:
-                return
-            cur = _fetch(conn, folder, relpath)
-            self._require(cur, "mark_put", State.TICKETED, file_store_id, folder, relpath)
-            conn.execute(
-                "UPDATE files SET state = 'put', sha256 = ?, updated_at = ?"
-                " WHERE folder = ? AND relpath = ?",
-                (sha256, now, folder, os.fsencode(relpath)),
+            self._advance(
+                conn,
+                "mark_put",
+                State.TICKETED,
+                file_store_id,
+                folder,
+                relpath,
+                "state = 'put', sha256 = ?, updated_at = ?",
+                (sha256, now),
             )
 
     def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
@@ -491,20 +486,15 @@ class Ledger:
         """
         now = self._clock()
         with self._transaction() as conn:
-            # Checked by the UPDATE itself; the row is read only to explain a refusal.
-            if conn.execute(
-                "UPDATE files SET state = 'reported', reported_at = ?, last_error = NULL,"
-                " updated_at = ? WHERE folder = ? AND relpath = ? AND state = 'put'"
-                " AND (? IS NULL OR file_store_id = ?)",
-                (now, now, folder, os.fsencode(relpath), file_store_id, file_store_id),
-            ).rowcount:
-                return
-            cur = _fetch(conn, folder, relpath)
-            self._require(cur, "mark_reported", State.PUT, file_store_id, folder, relpath)
-            conn.execute(
-                "UPDATE files SET state = 'reported', reported_at = ?, last_error = NULL,"
-                " updated_at = ? WHERE folder = ? AND relpath = ?",
-                (now, now, folder, os.fsencode(relpath)),
+            self._advance(
+                conn,
+                "mark_reported",
+                State.PUT,
+                file_store_id,
+                folder,
+                relpath,
+                "state = 'reported', reported_at = ?, last_error = NULL, updated_at = ?",
+                (now, now),
             )
 
     def mark_disposed(self, folder: str, relpath: str) -> None:
@@ -678,6 +668,30 @@ class Ledger:
         return IllegalTransition(
             f"ledger {self.path}: {op}: {cur.folder!r} {cur.relpath!r} is {cur.state}: {why}"
         )
+
+    def _advance(
+        self,
+        conn: sqlite3.Connection,
+        op: str,
+        state: State,
+        file_store_id: str | None,
+        folder: str,
+        relpath: str,
+        assignments: str,
+        values: tuple[object, ...],
+    ) -> None:
+        """Applies ``assignments`` to the row if it is in ``state`` (and holds the given
+        ticket); raises IllegalTransition, explaining why, when it is not."""
+        # One conditional UPDATE does the check and the write; the row is read only to
+        # explain a refusal.
+        if conn.execute(
+            f"UPDATE files SET {assignments} WHERE folder = ? AND relpath = ?"
+            " AND state = ? AND (? IS NULL OR file_store_id = ?)",
+            (*values, folder, os.fsencode(relpath), str(state), file_store_id, file_store_id),
+        ).rowcount:
+            return
+        self._require(_fetch(conn, folder, relpath), op, state, file_store_id, folder, relpath)
+        raise AssertionError(f"{op}: the row met the conditions but was not updated")
 
     def _require(
         self,

@@ -289,19 +289,8 @@ def test_auth_probe_meeting_a_server_error_does_not_stall_uploads(
 ) -> None:
     """The probe after an auth failure gets a 5xx: the file goes back to the retry queue,
     and the next probe must still happen (here forced by SIGHUP after fixing the key)."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "one.txt").write_bytes(b"just one file")
-    key_file = tmp_path / "api.key"
-    key_file.write_text("wrong\n", encoding="utf-8")
-    config = write_config(
-        tmp_path / "c.toml",
-        emulator.base_url,
-        [{"path": str(inbox)}],
-        api={"base_url": emulator.base_url, "timeout_seconds": 10, "api_key_file": str(key_file)},
-    )
-    daemon = start_daemon(config, key=None)
-    daemons.append(daemon)
+    files = {"one.txt": b"just one file"}
+    daemon, key_file, _ = start_with_wrong_key(tmp_path, emulator, daemons, files)
     daemon.wait_event("auth.failed")
     emulator.faults = Faults(error_5xx=1.0, endpoints=frozenset({"pre"}))
     daemon.proc.send_signal(signal.SIGHUP)  # same key: probes at once, and meets a 5xx
