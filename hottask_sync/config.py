@@ -1,4 +1,10 @@
-"""The TOML configuration: parsed strictly into frozen dataclasses, every problem reported at once."""
+"""The TOML configuration: parsed strictly into frozen dataclasses, every problem reported at once.
+
+The dataclasses below are the one definition of every key: its default is the field's default,
+and its type, range and documentation are the field's ``metadata["key"]`` (a :class:`KeyDoc`).
+The reader takes both from there, and :mod:`hottask_sync.example` generates the commented
+example config (``hottask-sync init``, config.example.toml) and the README's table from them.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+from .backoff import AUTH_FIRST_PROBE_SECONDS, AUTH_PROBE_CAP_SECONDS
 from .errors import ConfigError, KeyNotFoundError
-from .patterns import Selector, is_partial_or_hidden
+from .patterns import Selector, is_partial_or_hidden, pattern_problem
 
 DEFAULT_BASE_URL = "https://usapi.hottask.com"
 KEY_ENV = "HOTTASK_API_KEY"
@@ -20,37 +27,190 @@ CREDENTIAL_NAME = "hottask-api-key"
 
 AfterUpload = Literal["keep", "move", "delete"]
 LogFormat = Literal["auto", "json", "console"]
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+Kind = Literal["number", "int", "bool", "string", "path", "globs", "choice"]
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """How one config key is read, checked and documented: a dataclass field's ``metadata["key"]``.
+
+    ``doc`` is the meaning (Markdown; the example config shows it without backticks). A field
+    without a default is required unless ``default_doc`` says what it falls back to; ``shown``
+    is the value the example config shows for it. ``note`` lines are shown in the example only.
+    """
+
+    doc: str
+    kind: Kind
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    shown: str | None = None
+    default_doc: str | None = None
+    note: tuple[str, ...] = ()
+
+    def problem(self, value: Any) -> str | None:
+        """Given a value of the right TOML type, returns what is wrong with it, or None."""
+        if self.choices and value not in self.choices:
+            listed = ", ".join(f'"{c}"' for c in self.choices)
+            return f"must be one of {listed}, got {value!r}"
+        if self.positive and not value > 0:
+            return "must be > 0"
+        if self.low is not None and self.high is not None and not self.low <= value <= self.high:
+            return f"must be between {self.low:g} and {self.high:g}"
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low:g}"
+        return None if self.check is None else self.check(value)
+
+
+def _doc(doc: str, kind: Kind, **spec: Any) -> dict[str, KeyDoc]:
+    """Returns the metadata that makes a dataclass field a config key."""
+    return {"key": KeyDoc(doc, kind, **spec)}
+
+
+def _check_listen(value: str) -> str | None:
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f'must be "HOST:PORT" like "127.0.0.1:9464", got {value!r}'
+    return None
+
+
+_KEY_PLACES = (
+    "The secret key is never written here. It is read, in this order, from:",
+    "  1. the file named by api_key_file (absolute path; whitespace is stripped),",
+    f"  2. the environment variable {KEY_ENV},",
+    f"  3. $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} (systemd LoadCredential=).",
+)
 
 
 @dataclass(frozen=True)
 class ApiConfig:
-    base_url: str = DEFAULT_BASE_URL
-    timeout_seconds: float = 30.0
-    api_key_file: Path | None = None
-    allow_insecure_http: bool = False
+    base_url: str = field(
+        default=DEFAULT_BASE_URL,
+        metadata=_doc(
+            "HotTask API. `http://` only for loopback hosts (the local emulator) "
+            "unless `allow_insecure_http`.",
+            "string",
+        ),
+    )
+    timeout_seconds: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Connect/read/write timeout of each call, in seconds. "
+            "A PUT must also average ≥ 16 KiB/s.",
+            "number",
+            positive=True,
+        ),
+    )
+    api_key_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Absolute path of a file holding the key.",
+            "path",
+            shown="/etc/hottask-sync/api-key",
+            note=_KEY_PLACES,
+        ),
+    )
+    allow_insecure_http: bool = field(
+        default=False, metadata=_doc("Allow `http://` to a non-loopback host.", "bool")
+    )
+    auth_probe_seconds: float = field(
+        default=AUTH_FIRST_PROBE_SECONDS,
+        metadata=_doc(
+            "After the key was refused, seconds until the first probe; the delay then "
+            f"doubles up to {AUTH_PROBE_CAP_SECONDS / 60:g} min.",
+            "number",
+            positive=True,
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    state_dir: Path
-    settle_seconds: float = 2.0
-    concurrency: int = 4
-    rescan_seconds: float = 300.0
-    max_attempts: int = 5
-    shutdown_grace_seconds: float = 10.0
-    bandwidth_limit: int = 0
+    state_dir: Path = field(
+        metadata=_doc(
+            "Where the ledger lives (local disk only).",
+            "path",
+            shown="/var/lib/hottask-sync",
+            default_doc="see below",
+            note=(
+                "Default: $STATE_DIRECTORY (systemd StateDirectory=), else",
+                "$XDG_STATE_HOME/hottask-sync, else ~/.local/state/hottask-sync.",
+            ),
+        )
+    )
+    settle_seconds: float = field(
+        default=2.0,
+        metadata=_doc(
+            "Quiet time (seconds) before a file counts as complete: no event, and size, "
+            "mtime and inode unchanged.",
+            "number",
+            low=0,
+        ),
+    )
+    concurrency: int = field(
+        default=4, metadata=_doc("Uploads running at once.", "int", low=1, high=64)
+    )
+    rescan_seconds: float = field(
+        default=300.0,
+        metadata=_doc(
+            "Full rescan period (seconds), to catch what inotify missed; `0` = off.",
+            "number",
+            low=0,
+        ),
+    )
+    max_attempts: int = field(
+        default=5,
+        metadata=_doc(
+            "Permanent-error attempts before a file is marked failed "
+            "(transient errors are retried forever).",
+            "int",
+            low=1,
+            high=1000,
+        ),
+    )
+    shutdown_grace_seconds: float = field(
+        default=10.0,
+        metadata=_doc("Seconds running uploads get to finish on SIGTERM.", "number", low=0),
+    )
+    bandwidth_limit: int = field(
+        default=0,
+        metadata=_doc("Bytes per second across all uploads; `0` = no limit.", "int", low=0),
+    )
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    format: LogFormat = "auto"
-    level: str = "info"
+    format: LogFormat = field(
+        default="auto",
+        metadata=_doc(
+            "`auto`: console on a terminal, JSON lines otherwise.",
+            "choice",
+            choices=get_args(LogFormat),
+        ),
+    )
+    level: LogLevel = field(
+        default="info",
+        metadata=_doc("The least severe level that is logged.", "choice", choices=LOG_LEVELS),
+    )
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    listen: str = ""
+    listen: str = field(
+        default="",
+        metadata=_doc(
+            "`HOST:PORT` for Prometheus metrics, e.g. `127.0.0.1:9464`; empty = off.",
+            "string",
+            check=_check_listen,
+        ),
+    )
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -61,15 +221,46 @@ class MetricsConfig:
         return host.strip("[]"), int(port)
 
 
+_GLOB_RULES = (
+    "Globs on the path relative to the folder (gitignore patterns). A glob",
+    'without "/" matches a name at any depth ("*.pdf"); with "/" it matches from',
+    'the folder\'s root ("scans/**/*.pdf"). A leading "!" or "#" is literal.',
+    "Hidden files and partial downloads (*.part, *.tmp, *.crdownload, ~$*, ...)",
+    "are always skipped.",
+)
+
+
 @dataclass(frozen=True)
 class FolderConfig:
-    path: Path
-    recursive: bool = True
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    after_upload: AfterUpload = "keep"
-    move_to: Path | None = None
-    poll: bool = False
+    path: Path = field(
+        metadata=_doc("Absolute path of a folder to watch.", "path", shown="/srv/hottask/inbox")
+    )
+    recursive: bool = field(default=True, metadata=_doc("Watch subfolders too.", "bool"))
+    include: tuple[str, ...] = field(
+        default=(), metadata=_doc("Only these (empty = all).", "globs", note=_GLOB_RULES)
+    )
+    exclude: tuple[str, ...] = field(default=(), metadata=_doc("Never these.", "globs"))
+    after_upload: AfterUpload = field(
+        default="keep",
+        metadata=_doc(
+            "What happens to an uploaded file: kept, moved into `move_to` (keeping its "
+            "relative path, never overwriting) or deleted.",
+            "choice",
+            choices=get_args(AfterUpload),
+        ),
+    )
+    move_to: Path | None = field(
+        default=None,
+        metadata=_doc(
+            'Required with `"move"`; outside the folder, or excluded.',
+            "path",
+            shown="/srv/hottask/done",
+        ),
+    )
+    poll: bool = field(
+        default=False,
+        metadata=_doc("Poll instead of inotify (network shares: NFS, SMB).", "bool"),
+    )
     selector: Selector = field(default_factory=Selector, compare=False, repr=False)
 
     @property
@@ -88,6 +279,46 @@ class Config:
     folders: tuple[FolderConfig, ...]
 
 
+#: The TOML tables in order; "folders" is an array of tables.
+SECTIONS: tuple[tuple[str, type[Any]], ...] = (
+    ("api", ApiConfig),
+    ("sync", SyncConfig),
+    ("logging", LoggingConfig),
+    ("metrics", MetricsConfig),
+    ("folders", FolderConfig),
+)
+
+
+def key_fields(cls: type[Any]) -> tuple[Field[Any], ...]:
+    """Given a config dataclass, returns its fields that are config keys, in order."""
+    return tuple(f for f in fields(cls) if "key" in f.metadata)
+
+
+def key_doc(f: Field[Any]) -> KeyDoc:
+    """Given a key field, returns how it is read, checked and documented."""
+    doc: KeyDoc = f.metadata["key"]
+    return doc
+
+
+def has_default(f: Field[Any]) -> bool:
+    """Returns True when the field has a default value (possibly None)."""
+    return f.default is not MISSING or f.default_factory is not MISSING
+
+
+def is_required(f: Field[Any]) -> bool:
+    """Returns True for a key that must be set: no default, and no documented fallback."""
+    return not has_default(f) and key_doc(f).default_doc is None
+
+
+def field_default(f: Field[Any]) -> Any:
+    """Given a field, returns its default value (None when it has none)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """The secret key and where it was read from; never shown by repr or str."""
@@ -101,7 +332,14 @@ class ApiKey:
 
 # --- reading -----------------------------------------------------------------------------
 
-T = TypeVar("T")
+_TOML_TYPES: dict[Kind, tuple[type, ...]] = {
+    "number": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+    "string": (str,),
+    "path": (str,),
+    "choice": (str,),
+}
 
 
 class _Reader:
@@ -127,31 +365,46 @@ class _Reader:
             if key not in known:
                 self.problem(f"{prefix}.{key}", "unknown key")
 
-    def get(
-        self,
-        table: Mapping[str, Any],
-        prefix: str,
-        key: str,
-        kind: type[T] | tuple[type, ...],
-        default: T,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> T:
-        dotted = f"{prefix}.{key}"
-        if key not in table:
+    def value(self, table: Mapping[str, Any], prefix: str, f: Field[Any]) -> Any:
+        """Returns the key's checked value; its default (None if none) when absent or wrong."""
+        default, spec = field_default(f), key_doc(f)
+        if f.name not in table:
             return default
-        value = table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
+        dotted, value = f"{prefix}.{f.name}", table[f.name]
+        if spec.kind == "globs":
+            return self.globs(dotted, value, default)
+        kinds = _TOML_TYPES[spec.kind]
         # bool is an int in Python, but `concurrency = true` is a mistake worth naming.
         ok = False if isinstance(value, bool) and bool not in kinds else isinstance(value, kinds)
         if not ok:
             self.problem(dotted, f"must be {_kinds_name(kinds)}, got {_type_name(value)}")
             return default
-        if check is not None and (message := check(value)) is not None:
+        if (message := spec.problem(value)) is not None:
             self.problem(dotted, message)
             return default
-        if float in kinds and isinstance(value, int):
-            return float(value)  # type: ignore[return-value]
-        return value  # type: ignore[no-any-return]
+        return float(value) if spec.kind == "number" else value
+
+    def globs(self, dotted: str, value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Returns the usable globs of an array; each unusable one is a problem of its own."""
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.problem(dotted, "must be an array of non-empty glob strings")
+            return default
+        usable: list[str] = []
+        for i, pattern in enumerate(value):
+            if (reason := pattern_problem(pattern)) is not None:
+                self.problem(f"{dotted}[{i}]", f"invalid pattern {pattern!r}: {reason}")
+            else:
+                usable.append(pattern)
+        return tuple(usable)
+
+    def section(self, table: Mapping[str, Any], prefix: str, cls: type[Any]) -> dict[str, Any]:
+        """Returns every key of a config dataclass read from the table, by field name."""
+        return {f.name: self.value(table, prefix, f) for f in key_fields(cls)}
+
+
+def known_keys(cls: type[Any]) -> set[str]:
+    """Given a config dataclass, returns the names of its keys."""
+    return {f.name for f in key_fields(cls)}
 
 
 def _type_name(value: object) -> str:
@@ -164,19 +417,6 @@ def _kinds_name(kinds: tuple[type, ...]) -> str:
     if set(kinds) == {int, float}:
         return "a number"
     return " or ".join(_type_name(k()) for k in kinds)
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low:g}"
-
-
-def _between(low: int, high: int) -> Callable[[Any], str | None]:
-    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    listed = ", ".join(f'"{c}"' for c in choices)
-    return lambda v: None if v in choices else f"must be one of {listed}, got {v!r}"
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -203,29 +443,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check_listen(value: str) -> str | None:
-    if value == "":
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f'must be "HOST:PORT" like "127.0.0.1:9464", got {value!r}'
-    return None
-
-
-API_KEYS = {"base_url", "timeout_seconds", "api_key_file", "allow_insecure_http"}
-SYNC_KEYS = {
-    "settle_seconds",
-    "concurrency",
-    "state_dir",
-    "rescan_seconds",
-    "max_attempts",
-    "shutdown_grace_seconds",
-    "bandwidth_limit",
-}
-LOGGING_KEYS = {"format", "level"}
-METRICS_KEYS = {"listen"}
-FOLDER_KEYS = {"path", "recursive", "include", "exclude", "after_upload", "move_to", "poll"}
-TOP_KEYS = {"api", "sync", "logging", "metrics", "folders"}
+API_KEYS = known_keys(ApiConfig)
+SYNC_KEYS = known_keys(SyncConfig)
+LOGGING_KEYS = known_keys(LoggingConfig)
+METRICS_KEYS = known_keys(MetricsConfig)
+FOLDER_KEYS = known_keys(FolderConfig)
+TOP_KEYS = {name for name, _ in SECTIONS}
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -272,16 +495,12 @@ def parse_config(data: Mapping[str, Any], *, source: Path, environ: Mapping[str,
 
     api = _read_api(r, data)
     sync = _read_sync(r, data, environ)
-    logging_t = r.table(data, "logging", LOGGING_KEYS)
-    log_format: Any = r.get(
-        logging_t, "logging", "format", str, "auto", _one_of("auto", "json", "console")
-    )
     log = LoggingConfig(
-        format=log_format,
-        level=r.get(logging_t, "logging", "level", str, "info", _one_of(*LOG_LEVELS)),
+        **r.section(r.table(data, "logging", LOGGING_KEYS), "logging", LoggingConfig)
     )
-    metrics_t = r.table(data, "metrics", METRICS_KEYS)
-    metrics = MetricsConfig(listen=r.get(metrics_t, "metrics", "listen", str, "", _check_listen))
+    metrics = MetricsConfig(
+        **r.section(r.table(data, "metrics", METRICS_KEYS), "metrics", MetricsConfig)
+    )
     folders = _read_folders(r, data)
 
     if problems:
@@ -299,8 +518,8 @@ def _read_api(r: _Reader, data: Mapping[str, Any]) -> ApiConfig:
     t = r.table(data, "api", API_KEYS | {"api_key"})
     if "api_key" in t:  # known to r.table, so reported here with a useful message
         r.problem("api.api_key", _INLINE_KEY)
-    insecure = r.get(t, "api", "allow_insecure_http", bool, False)
-    base_url = r.get(t, "api", "base_url", str, DEFAULT_BASE_URL)
+    values = r.section(t, "api", ApiConfig)
+    base_url: str = values["base_url"]
     try:
         parts = urlsplit(base_url)
         hostname = parts.hostname
@@ -310,7 +529,11 @@ def _read_api(r: _Reader, data: Mapping[str, Any]) -> ApiConfig:
         r.problem(
             "api.base_url", f"must be an http(s) URL like {DEFAULT_BASE_URL}, got {base_url!r}"
         )
-    elif parts.scheme == "http" and not insecure and not is_loopback_host(hostname):
+    elif (
+        parts.scheme == "http"
+        and not values["allow_insecure_http"]
+        and not is_loopback_host(hostname)
+    ):
         r.problem(
             "api.base_url",
             "http:// is only allowed for loopback hosts; use https:// "
@@ -318,37 +541,22 @@ def _read_api(r: _Reader, data: Mapping[str, Any]) -> ApiConfig:
         )
     elif parts.query or parts.fragment:
         r.problem("api.base_url", "must not have a query or fragment")
-    key_file = r.get(t, "api", "api_key_file", str, "")
+    key_file = values["api_key_file"]
     if key_file and not Path(key_file).is_absolute():
         # Not echoed: someone may have pasted the key itself here.
         r.problem("api.api_key_file", "must be an absolute path to a file holding the key")
-    return ApiConfig(
-        base_url=base_url.rstrip("/"),
-        timeout_seconds=r.get(t, "api", "timeout_seconds", (int, float), 30.0, _positive),
-        api_key_file=Path(key_file) if key_file else None,
-        allow_insecure_http=insecure,
-    )
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
+    values["base_url"] = base_url.rstrip("/")
+    values["api_key_file"] = Path(key_file) if key_file else None
+    return ApiConfig(**values)
 
 
 def _read_sync(r: _Reader, data: Mapping[str, Any], environ: Mapping[str, str]) -> SyncConfig:
-    t = r.table(data, "sync", SYNC_KEYS)
-    state_dir = r.get(t, "sync", "state_dir", str, "")
+    values = r.section(r.table(data, "sync", SYNC_KEYS), "sync", SyncConfig)
+    state_dir = values["state_dir"]
     if state_dir and not Path(state_dir).is_absolute():
         r.problem("sync.state_dir", f"must be an absolute path, got {state_dir!r}")
-    num = (int, float)
-    return SyncConfig(
-        state_dir=Path(state_dir) if state_dir else default_state_dir(environ),
-        settle_seconds=r.get(t, "sync", "settle_seconds", num, 2.0, _at_least(0)),
-        concurrency=r.get(t, "sync", "concurrency", int, 4, _between(1, 64)),
-        rescan_seconds=r.get(t, "sync", "rescan_seconds", num, 300.0, _at_least(0)),
-        max_attempts=r.get(t, "sync", "max_attempts", int, 5, _between(1, 1000)),
-        shutdown_grace_seconds=r.get(t, "sync", "shutdown_grace_seconds", num, 10.0, _at_least(0)),
-        bandwidth_limit=r.get(t, "sync", "bandwidth_limit", int, 0, _at_least(0)),
-    )
+    values["state_dir"] = Path(state_dir) if state_dir else default_state_dir(environ)
+    return SyncConfig(**values)
 
 
 def _read_folders(r: _Reader, data: Mapping[str, Any]) -> tuple[FolderConfig, ...]:
@@ -376,59 +584,50 @@ def _read_folders(r: _Reader, data: Mapping[str, Any]) -> tuple[FolderConfig, ..
     return tuple(folders)
 
 
-def _glob_list(r: _Reader, t: Mapping[str, Any], prefix: str, key: str) -> tuple[str, ...]:
-    value = t.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        r.problem(f"{prefix}.{key}", "must be an array of non-empty glob strings")
-        return ()
-    return tuple(value)
-
-
 def _read_folder(r: _Reader, t: Mapping[str, Any], prefix: str) -> FolderConfig | None:
     r.unknown(t, prefix, FOLDER_KEYS)
-    raw_path = r.get(t, prefix, "path", str, "")
+    values = r.section(t, prefix, FolderConfig)
+    raw_path = values["path"]
     if "path" not in t:
         r.problem(f"{prefix}.path", "required (the absolute path of a folder to watch)")
-    elif isinstance(t["path"], str) and not Path(raw_path).is_absolute():
+    elif raw_path is not None and not Path(raw_path).is_absolute():
         r.problem(f"{prefix}.path", f"must be an absolute path, got {raw_path!r}")
-        raw_path = ""
-    include = _glob_list(r, t, prefix, "include")
-    exclude = _glob_list(r, t, prefix, "exclude")
-    after = r.get(t, prefix, "after_upload", str, "keep", _one_of("keep", "move", "delete"))
-    move_to_raw = r.get(t, prefix, "move_to", str, "")
-    move_to = Path(os.path.normpath(move_to_raw)) if move_to_raw else None
-    selector = Selector.of(include, exclude)
-    path = Path(os.path.normpath(raw_path)) if raw_path else None
-    if after == "move" and move_to is None:
-        r.problem(f"{prefix}.move_to", 'required when after_upload = "move"')
-    if move_to is not None:
-        if after != "move":
-            r.problem(f"{prefix}.move_to", 'only used with after_upload = "move"')
-        elif not move_to.is_absolute():
-            r.problem(f"{prefix}.move_to", f"must be an absolute path, got {move_to_raw!r}")
-        elif path is not None:
-            if move_to == path:
-                r.problem(f"{prefix}.move_to", "must not be the watched folder itself")
-            elif move_to.is_relative_to(path):
-                rel = move_to.relative_to(path).as_posix()
-                if not selector.excluded_dir(rel) and not is_partial_or_hidden(rel):
-                    r.problem(
-                        f"{prefix}.move_to",
-                        f"is inside the watched folder; add {rel!r} to {prefix}.exclude "
-                        "or choose a folder outside it",
-                    )
+    path = Path(os.path.normpath(raw_path)) if raw_path and Path(raw_path).is_absolute() else None
+    move_to_raw = values["move_to"]
+    values["move_to"] = Path(os.path.normpath(move_to_raw)) if move_to_raw else None
+    values["selector"] = Selector.of(values["include"], values["exclude"])
+    _check_move_to(r, prefix, path, move_to_raw, values)
     if path is None:
         return None
-    return FolderConfig(
-        path=path,
-        recursive=r.get(t, prefix, "recursive", bool, True),
-        include=include,
-        exclude=exclude,
-        after_upload=after,  # type: ignore[arg-type]
-        move_to=move_to,
-        poll=r.get(t, prefix, "poll", bool, False),
-        selector=selector,
-    )
+    values["path"] = path
+    return FolderConfig(**values)
+
+
+def _check_move_to(
+    r: _Reader, prefix: str, path: Path | None, raw: str | None, values: dict[str, Any]
+) -> None:
+    """Reports a move_to that is missing, unused, relative, or inside the folder unexcluded."""
+    after, move_to, selector = values["after_upload"], values["move_to"], values["selector"]
+    key = f"{prefix}.move_to"
+    if after == "move" and move_to is None:
+        r.problem(key, 'required when after_upload = "move"')
+    if move_to is None:
+        return
+    if after != "move":
+        r.problem(key, 'only used with after_upload = "move"')
+    elif not move_to.is_absolute():
+        r.problem(key, f"must be an absolute path, got {raw!r}")
+    elif path is not None:
+        if move_to == path:
+            r.problem(key, "must not be the watched folder itself")
+        elif move_to.is_relative_to(path):
+            rel = move_to.relative_to(path).as_posix()
+            if not selector.excluded_dir(rel) and not is_partial_or_hidden(rel):
+                r.problem(
+                    key,
+                    f"is inside the watched folder; add {rel!r} to {prefix}.exclude "
+                    "or choose a folder outside it",
+                )
 
 
 # --- the secret key ------------------------------------------------------------------------

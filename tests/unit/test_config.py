@@ -228,6 +228,57 @@ def test_bad_globs(tmp_path: Path) -> None:
     assert [p.split(": ")[1] for p in found] == ["folders[0].include", "folders[0].exclude"]
 
 
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("[]", "unclosed '['"),
+        ("[!]", "unclosed '['"),
+        ("a[b-a]c", "invalid character class '[b-a]': bad character range b-a"),
+    ],
+)
+def test_unusable_glob_is_a_config_problem_not_a_traceback(
+    tmp_path: Path, pattern: str, reason: str
+) -> None:
+    # Issue 9, item 7: these ended in an re.error traceback at load.
+    path = tmp_path / "hottask-sync.toml"
+    found = problems(tmp_path, FOLDER + f"include = ['{pattern}']\n")
+    assert len(found) == 1
+    prefix = f"{path}: folders[0].include[0]: invalid pattern {pattern!r}: "
+    assert found[0].startswith(prefix), found[0]
+    assert reason in found[0]
+
+
+def test_unusable_globs_are_collected_with_the_other_problems(tmp_path: Path) -> None:
+    text = (
+        "[sync]\nconcurrency = 0\n"
+        '[[folders]]\npath = "/srv/a"\n'
+        "[[folders]]\npath = \"/srv/b\"\ninclude = ['*.pdf', '[]']\n"
+        "exclude = ['ok', 'a[b-a]c', '[!]']\ncolour = 1\n"
+    )
+    path = tmp_path / "hottask-sync.toml"
+    found = problems(tmp_path, text)
+    assert [p.split(": ")[1] for p in found] == [
+        "sync.concurrency",
+        "folders[1].colour",
+        "folders[1].include[1]",
+        "folders[1].exclude[1]",
+        "folders[1].exclude[2]",
+    ]
+    assert found[2] == (
+        f"{path}: folders[1].include[1]: invalid pattern '[]': unclosed '[' (a ']' right after "
+        "'[' or '[!' is in the set; write \\[ for a literal '[')"
+    )
+
+
+def test_escaped_bracket_glob_is_accepted(tmp_path: Path) -> None:
+    config = load(tmp_path, FOLDER + "include = ['\\[]', '[]]']\n")
+    folder = config.folders[0]
+    assert folder.include == ("\\[]", "[]]")
+    assert folder.selector.wants("x/[]")
+    assert folder.selector.wants("]")
+    assert not folder.selector.wants("a.pdf")
+
+
 def test_after_upload_move_requires_move_to(tmp_path: Path) -> None:
     path = tmp_path / "hottask-sync.toml"
     found = problems(tmp_path, FOLDER + 'after_upload = "move"\n')
@@ -380,6 +431,30 @@ def test_timeout_must_be_positive(tmp_path: Path) -> None:
     found = problems(tmp_path, "[api]\ntimeout_seconds = 0\n" + FOLDER)
     assert len(found) == 1
     assert "api.timeout_seconds: must be > 0" in found[0]
+
+
+def test_auth_probe_seconds(tmp_path: Path) -> None:
+    assert load(tmp_path, FOLDER).api.auth_probe_seconds == 30.0
+    config = load(tmp_path, "[api]\nauth_probe_seconds = 2\n" + FOLDER)
+    assert config.api.auth_probe_seconds == 2.0
+    assert isinstance(config.api.auth_probe_seconds, float)
+    assert (
+        load(tmp_path, "[api]\nauth_probe_seconds = 0.05\n" + FOLDER).api.auth_probe_seconds == 0.05
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("auth_probe_seconds = 0", "api.auth_probe_seconds: must be > 0"),
+        ("auth_probe_seconds = -1.5", "api.auth_probe_seconds: must be > 0"),
+        ('auth_probe_seconds = "30"', "api.auth_probe_seconds: must be a number, got a string"),
+        ("auth_probe_seconds = true", "api.auth_probe_seconds: must be a number, got a boolean"),
+    ],
+)
+def test_auth_probe_seconds_invalid(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "hottask-sync.toml"
+    assert problems(tmp_path, f"[api]\n{line}\n" + FOLDER) == [f"{path}: {message}"]
 
 
 # --- defaults ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hottask_sync.patterns import Selector, is_partial_or_hidden
+from hottask_sync.patterns import PatternError, Selector, is_partial_or_hidden, pattern_problem
 
 EVERYTHING = Selector()
 
@@ -171,12 +171,91 @@ def test_question_mark_and_character_classes() -> None:
 
 
 def test_regex_metacharacters_are_literal() -> None:
-    s = Selector.of(["report (1).pdf", "a+b.txt", "[unclosed"], [])
+    s = Selector.of(["report (1).pdf", "a+b.txt", "x$.csv", "^y{2}.txt"], [])
     assert s.wants("report (1).pdf")
     assert not s.wants("report 1.pdf")
     assert s.wants("a+b.txt")
     assert not s.wants("aab.txt")
-    assert s.wants("[unclosed")
+    assert s.wants("x$.csv")
+    assert s.wants("^y{2}.txt")
+    assert not s.wants("yy.txt")
+
+
+def test_backslash_escapes_a_glob_character() -> None:
+    s = Selector.of(["\\[draft\\]*", "star\\*.txt"], [])
+    assert s.wants("[draft] notes.txt")
+    assert not s.wants("d notes.txt")
+    assert s.wants("star*.txt")
+    assert not s.wants("starry.txt")
+
+
+def test_a_bracket_right_after_the_opening_one_is_a_member() -> None:
+    s = Selector.of(["[]]x", "[!]]y"], [])
+    assert s.wants("]x")
+    assert not s.wants("ax")
+    assert s.wants("ay")
+    assert not s.wants("]y")
+
+
+def test_leading_bang_and_hash_are_literal_not_negation_or_comment() -> None:
+    s = Selector.of(["!important.pdf", "#1.txt"], [])
+    assert s.wants("!important.pdf")
+    assert s.wants("sub/#1.txt")
+    assert not s.wants("important.pdf")
+    assert not s.wants("other.pdf")
+    ex = Selector.of([], ["*.pdf", "!keep.pdf"])
+    assert not ex.wants("keep.pdf")  # no un-excluding: exclude is a plain list
+    assert ex.wants("!keep.pdf.txt")
+
+
+def test_trailing_slash_names_only_folders() -> None:
+    s = Selector.of([], ["done/"])
+    assert not s.wants("done/a.pdf")
+    assert not s.wants("x/done/a.pdf")
+    assert s.wants("done")  # a file called done
+    assert not s.may_descend("done")
+
+
+# --- unusable patterns (issue 9, item 7) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("[]", "unclosed '['"),
+        ("[!]", "unclosed '['"),
+        ("a[b-a]c", "invalid character class '[b-a]': bad character range b-a"),
+        ("[unclosed", "unclosed '['"),
+        ("scans/[2024", "unclosed '['"),
+        ("a\\", "escapes nothing"),
+        ("/", "matches nothing"),
+    ],
+)
+def test_unusable_pattern_is_refused_with_a_reason(pattern: str, reason: str) -> None:
+    for include, exclude in (([pattern], []), (["*.pdf"], ["ok", pattern])):
+        with pytest.raises(ValueError, match="invalid pattern") as info:
+            Selector.of(include, exclude)
+        assert isinstance(info.value, PatternError)
+        assert info.value.pattern == pattern
+        assert reason in info.value.reason
+        assert str(info.value) == f"invalid pattern {pattern!r}: {info.value.reason}"
+    problem = pattern_problem(pattern)
+    assert problem is not None
+    assert reason in problem
+
+
+def test_unclosed_bracket_reason_says_how_to_write_a_literal_one() -> None:
+    assert "write \\[ for a literal '['" in (pattern_problem("[]") or "")
+    assert "right after '[' or '[!' is in the set" in (pattern_problem("[!]") or "")
+    assert Selector.of(["\\[]"], []).wants("[]")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["*.pdf", "[]]", "[!]]", "[a-c]x", "scans/**/*.pdf", "**", "!x", "#x", "a\\*"]
+)
+def test_usable_patterns_have_no_problem(pattern: str) -> None:
+    assert pattern_problem(pattern) is None
+    Selector.of([pattern], [pattern])
 
 
 def test_selector_equality_ignores_compiled_patterns() -> None:
