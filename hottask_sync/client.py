@@ -7,6 +7,7 @@ signature and an Authorization header). Transports are injectable for tests.
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import os
 import re
@@ -124,14 +125,20 @@ class HotTaskClient:
             path: self._api.build_request("POST", path).url
             for path in (PRE_UPLOAD_PATH, REPORT_PATH)
         }
-        self.set_api_key(api_key)
+        self._auth = {"Authorization": api_key}
 
     def __repr__(self) -> str:
         return f"HotTaskClient({self.base_url!r})"
 
-    def set_api_key(self, api_key: str) -> None:
-        """Uses ``api_key`` for every later API call (a key fixed on disk, read again)."""
-        self._api.headers["Authorization"] = api_key
+    def with_key(self, api_key: str) -> HotTaskClient:
+        """Returns a client that sends ``api_key`` and shares this one's connections.
+
+        The key travels per request, never in shared headers: calls already under way
+        with this client keep the key they started with.
+        """
+        other = copy.copy(self)
+        other._auth = {"Authorization": api_key}
+        return other
 
     def close(self) -> None:
         self._api.close()
@@ -222,7 +229,9 @@ class HotTaskClient:
     def _call(self, path: str, payload: dict[str, Any]) -> Any:
         name = path.rsplit("/", 1)[-1]
         try:
-            response = self._api.post(self._endpoints.get(path, path), json=payload)
+            response = self._api.post(
+                self._endpoints.get(path, path), json=payload, headers=self._auth
+            )
         except httpx.HTTPError as exc:
             raise _network_error(name, exc) from exc
         _check_status(name, response)

@@ -37,11 +37,12 @@ class FileSig:
 def lstat_regular(path: str | bytes) -> FileSig | None:
     """Given a path, returns its signature if it is a regular file (not followed if a link).
 
-    Returns None when it does not exist or is anything but a regular file.
+    Returns None when it does not exist, cannot be looked at, or is anything but a regular
+    file.
     """
     try:
         st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     if not stat_mod.S_ISREG(st.st_mode):
         return None

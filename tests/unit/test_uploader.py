@@ -9,27 +9,32 @@ circuit are exercised without waiting. Every failure class is tried at every ste
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from hottask_sync import cli
-from hottask_sync.backoff import AuthCircuit
 from hottask_sync.client import MAX_PUT_BYTES, URL_LIFETIME_SECONDS, HotTaskClient
 from hottask_sync.config import FolderConfig
-from hottask_sync.files import FileSig
+from hottask_sync.files import FileSig, lstat_regular
+from hottask_sync.jobs import Job, Outcome, Result
 from hottask_sync.ledger import Action, Ledger, State, plan
-from hottask_sync.uploader import Job, Outcome, Uploader
-from tests.fakes import FakeClock, StreamingMockTransport, s3_error
+from hottask_sync.metrics import Metrics
+from hottask_sync.scheduler import Kind, Scheduler
+from hottask_sync.status import announce_auth
+from hottask_sync.uploader import Uploader
+from tests.fakes import FakeClock, StreamingMockTransport, envelope, s3_error
+from tests.fakes import sha256 as sha
 
 BASE = "https://api.hottask.test"
 KEY = "unit-test-key"
@@ -38,16 +43,6 @@ KEY_SOURCE = "/etc/hottask/key"
 # --- the fake service -------------------------------------------------------------------------
 
 Fault = Callable[[httpx.Request], httpx.Response]
-
-
-def envelope(data: object = None, *, code: int = 200, message: str = "") -> dict[str, object]:
-    return {
-        "Data": data,
-        "Version": "1.0.0",
-        "Success": code == 200,
-        "Code": code,
-        "Message": message,
-    }
 
 
 @dataclass
@@ -156,12 +151,24 @@ class Rig:
     server: FakeHotTask
     clock: FakeClock
     ledger: Ledger
-    circuit: AuthCircuit
     uploader: Uploader
     folder: FolderConfig
+    paused: threading.Event
+    #: The job each file runs as next: what the scheduler would make of its last result.
+    next: dict[tuple[str, str], Job] = field(default_factory=dict)
 
     def job(self, relpath: str, folder: FolderConfig | None = None) -> Job:
         return Job(folder or self.folder, relpath)
+
+    def run(self, job: Job) -> Result:
+        """Runs ``job`` as the scheduler would hand it out again: with the ticket and the
+        failure count its last result carried back."""
+        current = self.next.get(job.key)
+        if current is not None and current.folder == job.folder:
+            job = replace(current, probe=job.probe)
+        result = self.uploader.run(job)
+        self.next[job.key] = job.after(result)
+        return result
 
     def write(self, relpath: str, data: bytes) -> Path:
         path = self.inbox / relpath
@@ -181,18 +188,18 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     clock = FakeClock()
     client = HotTaskClient(BASE, KEY, transport=StreamingMockTransport(server.handler), clock=clock)
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    circuit = AuthCircuit(clock)
+    paused = threading.Event()
     uploader = Uploader(
         client,
         ledger,
-        circuit,
         max_attempts=3,
         clock=clock,
         rng=random.Random(7),
         key_source=KEY_SOURCE,
+        paused=paused,
     )
     yield Rig(
-        inbox, tmp_path / "done", server, clock, ledger, circuit, uploader, FolderConfig(inbox)
+        inbox, tmp_path / "done", server, clock, ledger, uploader, FolderConfig(inbox), paused
     )
     client.close()
     ledger.close()
@@ -200,10 +207,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 def moving(rig: Rig) -> FolderConfig:
     return FolderConfig(rig.inbox, after_upload="move", move_to=rig.done)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- transient errors: retried with backoff, never given up ---------------------------------
@@ -226,7 +229,7 @@ def test_transient_at_ticket_retries_and_records_the_error(rig: Rig, kind: str) 
     rig.write("a.txt", b"hello")
     rig.server.faults["pre"] = [TRANSIENT[kind]]
     job = rig.job("a.txt")
-    result = rig.uploader.run(job)
+    result = rig.run(job)
     assert result.outcome is Outcome.RETRY
     assert 0.0 <= result.delay <= 1.0  # first failure: full jitter in [0, 1 s]
     row = rig.row("a.txt")
@@ -236,7 +239,7 @@ def test_transient_at_ticket_retries_and_records_the_error(rig: Rig, kind: str) 
     assert row.last_error.startswith("ticket: ")
     assert rig.server.count("put") == 0 and rig.server.count("report") == 0
     # The next try goes through: no attempt was used up.
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert rig.row("a.txt").state is State.REPORTED
 
 
@@ -245,7 +248,7 @@ def test_transient_at_put_keeps_the_ticket(rig: Rig, kind: str) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["put"] = [PUT_TRANSIENT[kind]]
     job = rig.job("a.txt")
-    result = rig.uploader.run(job)
+    result = rig.run(job)
     assert result.outcome is Outcome.RETRY
     assert 0.0 <= result.delay <= 1.0
     row = rig.row("a.txt")
@@ -253,7 +256,7 @@ def test_transient_at_put_keeps_the_ticket(rig: Rig, kind: str) -> None:
     assert row.file_store_id == "500"
     assert row.last_error.startswith("put: ")
     assert row.attempts == 0
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert rig.server.reported == ["500"]
 
 
@@ -262,7 +265,7 @@ def test_transient_at_report_stays_put(rig: Rig, kind: str) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["report"] = [TRANSIENT[kind]]
     job = rig.job("a.txt")
-    result = rig.uploader.run(job)
+    result = rig.run(job)
     assert result.outcome is Outcome.RETRY
     assert 0.0 <= result.delay <= 1.0
     row = rig.row("a.txt")
@@ -271,7 +274,7 @@ def test_transient_at_report_stays_put(rig: Rig, kind: str) -> None:
     assert row.sha256 == sha(b"hello")
     assert row.last_error.startswith("report: ")
     # The retry only reports: no second ticket, no second PUT.
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert rig.server.count("pre") == 1 and rig.server.count("put") == 1
     assert rig.server.args("report") == ["500", "500"]
     assert rig.server.reported == ["500"]
@@ -283,7 +286,7 @@ def test_backoff_doubles_and_is_capped(rig: Rig) -> None:
     delays = []
     for _ in range(12):
         rig.server.faults["pre"] = [status(503)]
-        result = rig.uploader.run(job)
+        result = rig.run(job)
         assert result.outcome is Outcome.RETRY
         delays.append(result.delay)
     for n, delay in enumerate(delays, start=1):
@@ -297,7 +300,7 @@ def test_backoff_doubles_and_is_capped(rig: Rig) -> None:
 def test_retry_after_is_honoured(rig: Rig, stage: str) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults[stage] = [status(429, {"Retry-After": "42"})]
-    result = rig.uploader.run(rig.job("a.txt"))
+    result = rig.run(rig.job("a.txt"))
     assert result.outcome is Outcome.RETRY
     assert result.delay == 42.0
 
@@ -309,10 +312,10 @@ def test_lost_report_answer_reports_the_same_id_again(rig: Rig) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["report"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     assert rig.row("a.txt").state is State.PUT
     rig.clock.advance(1.0)
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert rig.server.args("report") == ["500", "500"]
     assert rig.server.count("pre") == 1
     assert rig.server.count("put") == 1
@@ -323,10 +326,10 @@ def test_lost_put_answer_puts_again_to_the_same_url_while_valid(rig: Rig) -> Non
     rig.write("a.txt", b"hello")
     rig.server.faults["put"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     assert rig.row("a.txt").state is State.TICKETED
     rig.clock.advance(URL_LIFETIME_SECONDS - 60)  # still comfortably valid
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     first, second = rig.server.args("put")
     assert first == second
     assert rig.server.count("pre") == 1
@@ -337,9 +340,9 @@ def test_lost_put_answer_takes_a_new_ticket_once_the_url_is_too_old(rig: Rig) ->
     rig.write("a.txt", b"hello")
     rig.server.faults["put"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     rig.clock.advance(URL_LIFETIME_SECONDS - 10)  # inside the safety margin: not trusted
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     first, second = rig.server.args("put")
     assert first != second and "/501/" in second
     assert rig.server.count("pre") == 2
@@ -351,8 +354,8 @@ def test_lost_ticket_answer_leaves_an_orphan_that_is_never_used(rig: Rig) -> Non
     rig.write("a.txt", b"hello")
     rig.server.faults["pre"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.DONE
     assert rig.server.count("pre") == 2
     assert rig.server.args("put") == [rig.server.args("put")[0]]
     assert "/501/" in rig.server.args("put")[0]
@@ -367,9 +370,9 @@ def test_file_changed_between_a_lost_put_and_its_retry_is_recorded_as_uploaded(
     path = rig.write("a.txt", b"version one")
     rig.server.faults["put"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     path.write_bytes(b"version two, longer")
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     (fsid,) = rig.server.reported
     assert rig.server.stored[fsid] == b"version two, longer"
     row = rig.row("a.txt")
@@ -384,9 +387,9 @@ def test_expired_url_takes_one_new_ticket_in_the_same_attempt(rig: Rig) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["put"] = [expired]
     job = rig.job("a.txt")
-    result = rig.uploader.run(job)
+    result = rig.run(job)
     assert result.outcome is Outcome.DONE
-    assert job.failures == 0
+    assert rig.next[job.key].failures == 0
     assert rig.server.count("pre") == 2
     assert rig.server.reported == ["501"]
     row = rig.row("a.txt")
@@ -399,10 +402,10 @@ def test_url_expired_twice_in_one_attempt_is_not_a_permanent_failure(rig: Rig) -
     job = rig.job("a.txt")
     for _ in range(4):  # more than max_attempts (3)
         rig.server.faults["put"] = [expired, expired]
-        result = rig.uploader.run(job)
+        result = rig.run(job)
         assert result.outcome is Outcome.RETRY
     assert rig.row("a.txt").state is not State.FAILED
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
 
 
 # --- auth -------------------------------------------------------------------------------------
@@ -416,20 +419,71 @@ AUTH: dict[str, tuple[str, Fault]] = {
 }
 
 
+@dataclass
+class Pipeline:
+    """The scheduler and the uploader wired as the runtime wires them, run in this thread:
+    each :meth:`pump` is one main-loop turn (step, run every job handed out, hand each
+    result back, mirror the auth pause into the workers' gate)."""
+
+    rig: Rig
+    sched: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        rig = self.rig
+        self.sched = Scheduler(
+            [rig.folder],
+            settle_seconds=0.0,
+            concurrency=2,
+            clock=rig.clock,
+            wall=rig.clock,
+            stat=lambda key: lstat_regular(os.path.join(key[0], key[1])),
+            lookup=lambda key: rig.ledger.get(*key),
+            auth_probe_seconds=30.0,
+        )
+
+    def add(self, *names: str) -> None:
+        for name in names:
+            key = (self.rig.folder.key, name)
+            sig = lstat_regular(os.path.join(*key))
+            self.sched.seen(key, Kind.FILE, sig, from_scan=False)
+
+    def pump(self) -> list[tuple[Job, Result]]:
+        step = self.sched.step()
+        if step.pending:
+            self.rig.ledger.add_pending(step.pending)
+        ran = []
+        for job in step.submit:
+            result = self.rig.uploader.run(job)
+            change = self.sched.finished(job, result)
+            if change is not None:
+                announce_auth(change, result, KEY_SOURCE, Metrics(CollectorRegistry()))
+            if self.sched.paused:
+                self.rig.paused.set()
+            else:
+                self.rig.paused.clear()
+            ran.append((job, result))
+        return ran
+
+    def outcomes(self) -> list[tuple[str, Outcome]]:
+        return [(job.relpath, result.outcome) for job, result in self.pump()]
+
+
 @pytest.mark.parametrize("kind", list(AUTH))
-def test_auth_error_opens_the_circuit_for_every_file(rig: Rig, kind: str) -> None:
+def test_auth_error_pauses_every_file(rig: Rig, kind: str) -> None:
     stage, fault = AUTH[kind]
     rig.write("a.txt", b"hello")
     rig.write("b.txt", b"world")
     rig.server.faults[stage] = [fault]
+    line = Pipeline(rig)
+    line.add("a.txt", "b.txt")
     with structlog.testing.capture_logs() as logs:
-        result = rig.uploader.run(rig.job("a.txt"))
-        assert result.outcome is Outcome.AUTH
-        assert rig.circuit.is_open
+        # b follows a refused call: held back without a call of its own.
+        assert line.outcomes() == [("a.txt", Outcome.AUTH), ("b.txt", Outcome.PAUSED)]
+        assert line.sched.paused and rig.paused.is_set()
         calls = len(rig.server.calls)
-        # No other call is allowed while the circuit is open: other files wait too.
-        for name in ("a.txt", "b.txt", "a.txt"):
-            assert rig.uploader.run(rig.job(name)).outcome is Outcome.AUTH
+        # No other call is made while paused: other files wait too.
+        rig.clock.advance(29.0)
+        assert line.pump() == []
         assert len(rig.server.calls) == calls
     failed = [e for e in logs if e["event"] == "auth.failed"]
     assert len(failed) == 1
@@ -438,83 +492,88 @@ def test_auth_error_opens_the_circuit_for_every_file(rig: Rig, kind: str) -> Non
     assert KEY_SOURCE in failed[0]["hint"]
     assert "check the API key" in failed[0]["error"]
     # The files are still pending (nothing failed), a report owed is still owed.
-    assert rig.row("b.txt") is None
+    assert rig.row("b.txt").state is State.PENDING
     a = rig.row("a.txt")
-    assert a is None or a.state in (State.PENDING, State.TICKETED, State.PUT)
+    assert a.state in (State.PENDING, State.TICKETED, State.PUT)
     if stage == "report":
         assert a.state is State.PUT
 
 
-def test_auth_probe_after_delay_closes_the_circuit(rig: Rig) -> None:
+def test_auth_probe_after_delay_ends_the_pause(rig: Rig) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["pre"] = [status(401), status(401)]
-    job = rig.job("a.txt")
+    line = Pipeline(rig)
+    line.add("a.txt")
     with structlog.testing.capture_logs() as logs:
-        assert rig.uploader.run(job).outcome is Outcome.AUTH
+        assert line.outcomes() == [("a.txt", Outcome.AUTH)]
         rig.clock.advance(29.0)
-        assert rig.uploader.run(job).outcome is Outcome.AUTH
+        assert line.pump() == []
         assert rig.server.count("pre") == 1
         rig.clock.advance(1.0)  # 30 s: the first probe, refused
-        assert rig.uploader.run(job).outcome is Outcome.AUTH
+        assert line.outcomes() == [("a.txt", Outcome.AUTH)]
         assert rig.server.count("pre") == 2
         rig.clock.advance(59.0)  # the next probe waits 60 s
-        assert rig.uploader.run(job).outcome is Outcome.AUTH
+        assert line.pump() == []
         assert rig.server.count("pre") == 2
         rig.clock.advance(1.0)
-        assert rig.uploader.run(job).outcome is Outcome.DONE  # key accepted: resumes
-    assert not rig.circuit.is_open
+        assert line.outcomes() == [("a.txt", Outcome.DONE)]  # key accepted: resumes
+    assert not line.sched.paused and not rig.paused.is_set()
     events = [e["event"] for e in logs if e["event"].startswith("auth.")]
     assert events == ["auth.failed", "auth.recovered"]
 
 
-def test_auth_probe_that_meets_a_transient_error_does_not_wedge_the_circuit(rig: Rig) -> None:
+def test_auth_probe_that_meets_a_transient_error_does_not_wedge_the_pause(rig: Rig) -> None:
     """A probe answered by a 5xx says nothing about the key: another probe must follow."""
     rig.write("a.txt", b"hello")
     rig.server.faults["pre"] = [status(401), status(503)]
-    job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.AUTH
+    line = Pipeline(rig)
+    line.add("a.txt")
+    assert line.outcomes() == [("a.txt", Outcome.AUTH)]
     rig.clock.advance(30.0)
-    assert rig.uploader.run(job).outcome is Outcome.RETRY  # the probe met a 503
-    assert rig.circuit.is_open
+    assert line.outcomes() == [("a.txt", Outcome.RETRY)]  # the probe met a 503
+    assert line.sched.paused
     rig.clock.advance(600.0)
-    assert rig.uploader.run(job).outcome is Outcome.DONE
-    assert not rig.circuit.is_open
+    assert line.outcomes() == [("a.txt", Outcome.DONE)]
+    assert not line.sched.paused
 
 
-def test_auth_probe_that_reuses_its_url_closes_the_circuit_on_success(rig: Rig) -> None:
-    """The probe may need no new ticket (its last PUT answer was lost, the URL is still
-    valid): its successful report must close the circuit all the same."""
+def test_paused_jobs_make_no_call_but_the_probe_does(rig: Rig) -> None:
     rig.write("a.txt", b"hello")
-    rig.write("b.txt", b"world")
+    rig.paused.set()
+    assert rig.run(rig.job("a.txt")).outcome is Outcome.PAUSED
+    assert rig.server.calls == []
+    result = rig.run(replace(rig.job("a.txt"), probe=True))
+    assert result.outcome is Outcome.DONE and result.key_accepted
+
+
+def test_auth_probe_that_reuses_its_url_says_the_key_was_accepted(rig: Rig) -> None:
+    """The probe may need no new ticket (its last PUT answer was lost, the URL is still
+    valid): its successful report must end the pause all the same."""
+    rig.write("a.txt", b"hello")
     a = rig.job("a.txt")
     rig.server.faults["put"] = [ACTED_THEN_LOST]
-    assert rig.uploader.run(a).outcome is Outcome.RETRY  # a keeps its URL
-    rig.server.faults["pre"] = [status(401)]
-    assert rig.uploader.run(rig.job("b.txt")).outcome is Outcome.AUTH
-    rig.clock.advance(30.0)
-    assert rig.uploader.run(a).outcome is Outcome.DONE  # the probe: PUT + report, no ticket
-    assert rig.server.count("pre") == 2
-    assert not rig.circuit.is_open
-    assert rig.uploader.run(rig.job("b.txt")).outcome is Outcome.DONE
+    assert rig.run(a).outcome is Outcome.RETRY  # a keeps its URL
+    rig.paused.set()
+    result = rig.run(replace(a, probe=True))
+    assert result.outcome is Outcome.DONE  # the probe: PUT + report, no ticket
+    assert rig.server.count("pre") == 1
+    assert result.key_accepted
 
 
-def test_auth_probe_whose_file_changes_during_its_put_does_not_wedge_the_circuit(
+def test_auth_probe_whose_file_changes_during_its_put_says_nothing_about_the_key(
     rig: Rig,
 ) -> None:
     path = rig.write("a.txt", b"hello")
-    rig.write("b.txt", b"world")
     a = rig.job("a.txt")
     rig.server.faults["put"] = [ACTED_THEN_LOST]
-    assert rig.uploader.run(a).outcome is Outcome.RETRY  # a keeps its URL
-    rig.server.faults["pre"] = [status(401)]
-    assert rig.uploader.run(rig.job("b.txt")).outcome is Outcome.AUTH
-    rig.clock.advance(30.0)
+    assert rig.run(a).outcome is Outcome.RETRY  # a keeps its URL
+    rig.paused.set()
     rig.server.on_put_chunk = lambda received: path.write_bytes(b"hello again")
-    assert rig.uploader.run(a).outcome is Outcome.CHANGED  # the probe made no API call
+    result = rig.run(replace(a, probe=True))
+    assert result.outcome is Outcome.CHANGED  # the probe made no API call
+    assert not result.key_accepted  # so the scheduler lets another probe follow
     rig.server.on_put_chunk = None
-    rig.clock.advance(30.0)
-    assert rig.uploader.run(a).outcome is Outcome.DONE
-    assert not rig.circuit.is_open
+    assert rig.run(replace(a, probe=True)).outcome is Outcome.DONE
 
 
 # --- permanent errors -------------------------------------------------------------------------
@@ -536,7 +595,7 @@ def test_permanent_error_retries_until_max_attempts_then_fails(rig: Rig, kind: s
     outcomes = []
     for _ in range(3):
         rig.server.faults[stage] = [fault]
-        outcomes.append(rig.uploader.run(job))
+        outcomes.append(rig.run(job))
     assert [r.outcome for r in outcomes] == [Outcome.RETRY, Outcome.RETRY, Outcome.FAILED]
     assert all(r.delay > 0 or r.outcome is Outcome.FAILED for r in outcomes)
     row = rig.row("a.txt")
@@ -545,7 +604,7 @@ def test_permanent_error_retries_until_max_attempts_then_fails(rig: Rig, kind: s
     assert row.last_error
     assert path.exists()  # left in place
     calls = len(rig.server.calls)
-    assert rig.uploader.run(job).outcome is Outcome.SKIPPED  # unchanged: left alone
+    assert rig.run(job).outcome is Outcome.SKIPPED  # unchanged: left alone
     assert len(rig.server.calls) == calls
     assert rig.server.reported == []
 
@@ -558,7 +617,7 @@ def test_retry_command_makes_failed_files_pending_again(
     for name in ("sub/a.txt", "b.txt"):
         rig.server.faults["pre"] = [business(400)] * 3
         for _ in range(3):
-            rig.uploader.run(rig.job(name))
+            rig.run(rig.job(name))
         assert rig.row(name).state is State.FAILED
     config = tmp_path / "c.toml"
     config.write_text(
@@ -572,7 +631,7 @@ def test_retry_command_makes_failed_files_pending_again(
     assert rig.row("sub/a.txt").state is State.PENDING
     assert rig.row("sub/a.txt").attempts == 0
     assert rig.row("b.txt").state is State.FAILED
-    assert rig.uploader.run(rig.job("sub/a.txt")).outcome is Outcome.DONE
+    assert rig.run(rig.job("sub/a.txt")).outcome is Outcome.DONE
     assert cli.main(["retry", "--config", str(config)]) == 0
     assert rig.row("b.txt").state is State.PENDING
 
@@ -581,7 +640,7 @@ def test_file_over_5_gib_fails_at_once_without_a_call(rig: Rig) -> None:
     path = rig.inbox / "huge.iso"
     path.touch()
     os.truncate(path, MAX_PUT_BYTES + 1)  # sparse: no disk space used
-    result = rig.uploader.run(rig.job("huge.iso"))
+    result = rig.run(rig.job("huge.iso"))
     assert result.outcome is Outcome.FAILED
     assert rig.server.calls == []
     row = rig.row("huge.iso")
@@ -595,7 +654,7 @@ def test_file_of_exactly_5_gib_is_not_refused_up_front(rig: Rig) -> None:
     path.touch()
     os.truncate(path, MAX_PUT_BYTES)
     rig.server.faults["pre"] = [status(503)]  # stop before streaming 5 GiB
-    assert rig.uploader.run(rig.job("edge.iso")).outcome is Outcome.RETRY
+    assert rig.run(rig.job("edge.iso")).outcome is Outcome.RETRY
     assert rig.server.count("pre") == 1
 
 
@@ -604,14 +663,14 @@ def test_file_of_exactly_5_gib_is_not_refused_up_front(rig: Rig) -> None:
 
 def test_fifo_is_skipped_without_blocking(rig: Rig) -> None:
     os.mkfifo(rig.inbox / "pipe")
-    assert rig.uploader.run(rig.job("pipe")).outcome is Outcome.SKIPPED
+    assert rig.run(rig.job("pipe")).outcome is Outcome.SKIPPED
     assert rig.server.calls == []
     assert rig.row("pipe") is None
 
 
 def test_directory_is_skipped(rig: Rig) -> None:
     (rig.inbox / "dir").mkdir()
-    assert rig.uploader.run(rig.job("dir")).outcome is Outcome.SKIPPED
+    assert rig.run(rig.job("dir")).outcome is Outcome.SKIPPED
     assert rig.server.calls == []
 
 
@@ -631,8 +690,8 @@ def test_symlinks_are_never_followed(
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", spy)
-    assert rig.uploader.run(rig.job("link.txt")).outcome is Outcome.SKIPPED
-    assert rig.uploader.run(rig.job("linked/secret.txt")).outcome is Outcome.SKIPPED
+    assert rig.run(rig.job("link.txt")).outcome is Outcome.SKIPPED
+    assert rig.run(rig.job("linked/secret.txt")).outcome is Outcome.SKIPPED
     assert rig.server.calls == []
     assert opened and all(flags & os.O_NOFOLLOW for _, flags in opened)
 
@@ -647,7 +706,7 @@ def test_permission_denied_fails_at_once(rig: Rig, monkeypatch: pytest.MonkeyPat
         return real_open(p, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", deny)
-    result = rig.uploader.run(rig.job("locked.txt"))
+    result = rig.run(rig.job("locked.txt"))
     assert result.outcome is Outcome.FAILED
     assert rig.server.calls == []
     row = rig.row("locked.txt")
@@ -670,12 +729,12 @@ def test_file_appended_during_the_put_is_not_reported(rig: Rig) -> None:
 
     rig.server.on_put_chunk = append
     job = rig.job("big.bin")
-    assert rig.uploader.run(job).outcome is Outcome.CHANGED
+    assert rig.run(job).outcome is Outcome.CHANGED
     assert rig.server.count("report") == 0
     row = rig.row("big.bin")
     assert row.state is State.PENDING and row.file_store_id is None
     rig.server.on_put_chunk = None
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     (fsid,) = rig.server.reported
     assert rig.server.stored[fsid] == data + b"more"
 
@@ -691,7 +750,7 @@ def test_file_rewritten_in_place_during_the_put_is_not_reported(rig: Rig) -> Non
             os.close(fd)
 
     rig.server.on_put_chunk = rewrite
-    assert rig.uploader.run(rig.job("big.bin")).outcome is Outcome.CHANGED
+    assert rig.run(rig.job("big.bin")).outcome is Outcome.CHANGED
     assert rig.server.count("report") == 0
 
 
@@ -704,8 +763,7 @@ def test_file_truncated_during_the_put_is_changed_not_failed(rig: Rig) -> None:
             os.truncate(path, 10)
 
     rig.server.on_put_chunk = truncate
-    uploader = rig.uploader
-    uploader.max_attempts = 1  # a permanent error would fail the file at once
+    uploader = replace(rig.uploader, max_attempts=1)  # a permanent error would fail at once
     job = rig.job("big.bin")
     assert uploader.run(job).outcome is Outcome.CHANGED
     assert rig.server.count("report") == 0
@@ -720,7 +778,7 @@ def test_file_vanished_before_upload_is_forgotten(rig: Rig) -> None:
     path = rig.write("gone.txt", b"bye")
     rig.ledger.add_pending([(rig.folder.key, "gone.txt", FileSig.from_stat(os.lstat(path)))])
     path.unlink()
-    assert rig.uploader.run(rig.job("gone.txt")).outcome is Outcome.VANISHED
+    assert rig.run(rig.job("gone.txt")).outcome is Outcome.VANISHED
     assert rig.row("gone.txt") is None
     assert rig.server.calls == []
 
@@ -740,11 +798,12 @@ def _leave_put_row(rig: Rig, relpath: str, data: bytes) -> FileSig:
 def test_resume_of_a_put_row_only_reports(rig: Rig) -> None:
     _leave_put_row(rig, "a.txt", b"hello")
     job = rig.job("a.txt")
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    result = rig.run(job)
+    assert result.outcome is Outcome.DONE
     assert [e for e, _ in rig.server.calls] == ["report"]
     assert rig.server.reported == ["77"]
     assert rig.row("a.txt").state is State.REPORTED
-    assert job.rehint  # the daemon looks at the file again afterwards
+    assert result.look_again  # the scheduler looks at the file again afterwards
 
 
 def test_resume_reports_even_when_the_file_is_gone_or_changed(rig: Rig) -> None:
@@ -752,8 +811,8 @@ def test_resume_reports_even_when_the_file_is_gone_or_changed(rig: Rig) -> None:
     _leave_put_row(rig, "changed.txt", b"old")
     (rig.inbox / "gone.txt").unlink()
     (rig.inbox / "changed.txt").write_bytes(b"new version")
-    assert rig.uploader.run(rig.job("gone.txt")).outcome is Outcome.DONE
-    assert rig.uploader.run(rig.job("changed.txt")).outcome is Outcome.DONE
+    assert rig.run(rig.job("gone.txt")).outcome is Outcome.DONE
+    assert rig.run(rig.job("changed.txt")).outcome is Outcome.DONE
     assert rig.server.count("pre") == 0 and rig.server.count("put") == 0
     assert rig.server.reported == ["77", "77"]
     # The new version is a new upload, seen by plan() when the daemon looks again.
@@ -770,10 +829,10 @@ def test_move_happens_only_after_the_report(rig: Rig) -> None:
     rig.write("sub/a.txt", b"hello")
     rig.server.faults["report"] = [status(503)]
     job = rig.job("sub/a.txt", folder)
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     assert (rig.inbox / "sub/a.txt").exists()
     assert not (rig.done / "sub/a.txt").exists()
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert not (rig.inbox / "sub/a.txt").exists()
     assert (rig.done / "sub/a.txt").read_bytes() == b"hello"
     row = rig.row("sub/a.txt", folder)
@@ -785,9 +844,9 @@ def test_delete_happens_only_after_the_report(rig: Rig) -> None:
     rig.write("a.txt", b"hello")
     rig.server.faults["report"] = [ACTED_THEN_LOST]
     job = rig.job("a.txt", folder)
-    assert rig.uploader.run(job).outcome is Outcome.RETRY
+    assert rig.run(job).outcome is Outcome.RETRY
     assert (rig.inbox / "a.txt").exists()  # reported, but we do not know it yet
-    assert rig.uploader.run(job).outcome is Outcome.DONE
+    assert rig.run(job).outcome is Outcome.DONE
     assert not (rig.inbox / "a.txt").exists()
     assert rig.row("a.txt", folder).disposed
 
@@ -798,7 +857,7 @@ def test_failed_file_is_never_moved(rig: Rig) -> None:
     job = rig.job("a.txt", folder)
     for _ in range(3):
         rig.server.faults["pre"] = [business(400)]
-        rig.uploader.run(job)
+        rig.run(job)
     assert rig.row("a.txt", folder).state is State.FAILED
     assert (rig.inbox / "a.txt").exists()
     assert not rig.done.exists()
@@ -810,7 +869,7 @@ def test_move_collision_gets_a_numbered_suffix(rig: Rig) -> None:
     (rig.done / "sub/a.txt").write_bytes(b"someone else's")
     (rig.done / "sub/a (1).txt").write_bytes(b"another one")
     rig.write("sub/a.txt", b"mine")
-    assert rig.uploader.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
+    assert rig.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
     assert (rig.done / "sub/a (2).txt").read_bytes() == b"mine"
     assert (rig.done / "sub/a.txt").read_bytes() == b"someone else's"
     assert (rig.done / "sub/a (1).txt").read_bytes() == b"another one"
@@ -824,7 +883,7 @@ def test_move_cut_off_after_the_report_is_finished_on_the_next_run(rig: Rig) -> 
     rig.ledger.mark_ticketed(folder.key, "a.txt", sig, "77")
     rig.ledger.mark_put(folder.key, "a.txt", sha(b"hello"))
     rig.ledger.mark_reported(folder.key, "a.txt")  # then the daemon was killed
-    assert rig.uploader.run(rig.job("a.txt", folder)).outcome is Outcome.DONE
+    assert rig.run(rig.job("a.txt", folder)).outcome is Outcome.DONE
     assert rig.server.calls == []
     assert (rig.done / "a.txt").read_bytes() == b"hello"
     assert rig.row("a.txt", folder).disposed
@@ -835,7 +894,7 @@ def test_failed_move_keeps_the_file_shows_in_status_and_is_retried(rig: Rig) -> 
     rig.done.parent.mkdir(parents=True, exist_ok=True)
     rig.done.write_bytes(b"a file where the move_to folder should be")
     rig.write("sub/a.txt", b"hello")
-    assert rig.uploader.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
+    assert rig.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
     assert (rig.inbox / "sub/a.txt").read_bytes() == b"hello"  # nothing lost
     row = rig.row("sub/a.txt", folder)
     assert row.state is State.REPORTED and not row.disposed
@@ -845,7 +904,7 @@ def test_failed_move_keeps_the_file_shows_in_status_and_is_retried(rig: Rig) -> 
     ]
     calls = len(rig.server.calls)
     rig.done.unlink()  # fixed: the next look at the file finishes the move, no upload
-    assert rig.uploader.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
+    assert rig.run(rig.job("sub/a.txt", folder)).outcome is Outcome.DONE
     assert len(rig.server.calls) == calls
     assert (rig.done / "sub/a.txt").read_bytes() == b"hello"
     assert rig.row("sub/a.txt", folder).disposed

@@ -17,28 +17,17 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from hottask_sync.backoff import AuthCircuit
 from hottask_sync.client import CHUNK_SIZE, HotTaskClient
 from hottask_sync.config import FolderConfig
 from hottask_sync.files import FileSig
 from hottask_sync.ledger import Ledger, State
-from hottask_sync.uploader import (
-    PROGRESS_EVERY_SECONDS,
-    PROGRESS_MIN_BYTES,
-    Job,
-    Outcome,
-    Uploader,
-)
-from tests.fakes import FakeClock
+from hottask_sync.jobs import Job, Outcome
+from hottask_sync.uploader import PROGRESS_EVERY_SECONDS, PROGRESS_MIN_BYTES, Uploader
+from tests.fakes import FakeClock, envelope
 
 BASE = "https://api.hottask.test"
 PUT_URL = "https://s3.test/bucket/9001/obj.bin?X-Amz-Expires=300&X-Amz-Signature=abc"
 SECONDS_PER_CHUNK = 1.0
-
-
-def envelope(data: object) -> httpx.Response:
-    body = {"Data": data, "Version": "1.0.0", "Success": True, "Code": 200, "Message": ""}
-    return httpx.Response(200, json=body)
 
 
 class SlowS3(httpx.BaseTransport):
@@ -60,10 +49,10 @@ class SlowS3(httpx.BaseTransport):
 def api(request: httpx.Request) -> httpx.Response:
     if request.url.path.endswith("/GetPreUploadUrl"):
         assert json.loads(request.content) == {"fileName": "big.bin"}
-        return envelope({"FileStoreId": 9001, "PreUploadUrl": PUT_URL})
+        return httpx.Response(200, json=envelope({"FileStoreId": 9001, "PreUploadUrl": PUT_URL}))
     if request.url.path.endswith("/ReportUploadSuccess"):
         assert json.loads(request.content) == {"fileStoreID": "9001"}
-        return envelope(True)
+        return httpx.Response(200, json=envelope(True))
     return httpx.Response(404)
 
 
@@ -82,7 +71,7 @@ def run_upload(tmp_path: Path, size: int) -> tuple[Any, list[dict[str, Any]], in
     client = HotTaskClient(BASE, "unit-key", transport=httpx.MockTransport(api), put_transport=s3)
     try:
         ledger.add_pending([(folder.key, "big.bin", FileSig.from_stat(os.stat(path)))])
-        uploader = Uploader(client, ledger, AuthCircuit(clock), max_attempts=3, clock=clock)
+        uploader = Uploader(client, ledger, max_attempts=3, clock=clock)
         with capture_logs() as events:
             result = uploader.run(Job(folder, "big.bin"))
         entry = ledger.get(folder.key, "big.bin")

@@ -1,0 +1,186 @@
+"""The watched folders on disk: checking them, listing them without following links, and
+keeping their watches up while they go missing, come back or are replaced."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+from collections.abc import Iterable, Iterator
+
+from .config import Config, FolderConfig
+from .files import FileSig
+from .logs import get_logger
+from .scheduler import Kind
+from .watcher import Watcher
+
+log = get_logger("hottask_sync.folders")
+
+Sighting = tuple[str, Kind, FileSig | None]  # (relative path, what it is, its signature)
+
+
+def check_folders(config: Config) -> list[str]:
+    """Returns one problem line per watched folder that is not a readable directory."""
+    problems = []
+    for i, folder in enumerate(config.folders):
+        where = f"{config.source}: folders[{i}].path {folder.path}"
+        try:
+            st = os.stat(folder.path)
+        except FileNotFoundError:
+            problems.append(f"{where}: does not exist")
+            continue
+        except OSError as exc:
+            problems.append(f"{where}: {exc.strerror}")
+            continue
+        if not stat_mod.S_ISDIR(st.st_mode):
+            problems.append(f"{where}: is not a directory")
+        elif not os.access(folder.path, os.R_OK | os.X_OK):
+            problems.append(f"{where}: not readable by this user")
+    return problems
+
+
+def classify(st: os.stat_result) -> tuple[Kind, FileSig | None]:
+    """Given an lstat result (not a folder), returns what it is and, for a file, its sig."""
+    if stat_mod.S_ISREG(st.st_mode):
+        return Kind.FILE, FileSig.from_stat(st)
+    return (Kind.LINK if stat_mod.S_ISLNK(st.st_mode) else Kind.OTHER), None
+
+
+def look(path: str) -> tuple[Kind, FileSig | None] | None:
+    """Given a path, returns what it is now (never following a link); None when it is
+    gone or is a folder."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return None if stat_mod.S_ISDIR(st.st_mode) else classify(st)
+
+
+def walk(root: str, rel_root: str, folder: FolderConfig) -> Iterator[Sighting]:
+    """Yields every wanted entry below ``root``; never follows links.
+
+    Unreadable subfolders are logged and skipped.
+    """
+    stack = [(root, rel_root)]
+    while stack:
+        path, rel = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning(
+                    "folder.unreadable", folder=folder.key, path=rel or ".", error=exc.strerror
+                )
+            continue
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if folder.recursive and folder.selector.may_descend(child):
+                        stack.append((entry.path, child))
+                    continue
+                if folder.selector.wants(child):
+                    yield (child, *classify(entry.stat(follow_symlinks=False)))
+            except OSError:
+                continue
+
+
+def relpath(folder: FolderConfig, path: str) -> str | None:
+    """Given an event's absolute path, returns it relative to the folder, or None when it
+    is outside it (or below it in a folder that is not recursive)."""
+    root = str(folder.path)
+    if not path.startswith(root + "/"):
+        return None
+    rel = path[len(root) + 1 :]
+    if not folder.recursive and "/" in rel:
+        return None
+    return rel
+
+
+def hint_sightings(folder: FolderConfig, path: str, is_dir: bool) -> Iterator[Sighting]:
+    """Given a watcher event's path in ``folder``, yields what is there now that the folder
+    wants: the file itself, or everything below a folder created or moved in."""
+    rel = relpath(folder, path)
+    if rel is None:
+        return
+    if is_dir:
+        if folder.recursive and folder.selector.may_descend(rel):
+            yield from walk(path, rel, folder)  # a folder moved in may already hold files
+    elif folder.selector.wants(rel) and (seen := look(path)) is not None:
+        yield (rel, *seen)
+
+
+def _dir_id(path: object) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # type: ignore[arg-type]
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class FolderWatches:
+    """Which folders are watched and which are missing; adds and drops their watches."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.missing: set[str] = set()
+        self._ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) watched
+
+    def watch(self, folder: FolderConfig) -> bool:
+        """Starts watching ``folder``; returns False (and logs why) when it cannot."""
+        self.missing.discard(folder.key)
+        if not folder.path.is_dir():
+            self.missing.add(folder.key)
+            log.error("folder.missing", folder=folder.key, hint="will watch it when it appears")
+            return False
+        folder_id = _dir_id(folder.path)
+        try:
+            how = self.watcher.add(folder)
+        except OSError as exc:
+            self.missing.add(folder.key)
+            log.error("folder.unwatchable", folder=folder.key, error=exc.strerror)
+            return False
+        self._ids[folder.key] = folder_id
+        log.info("folder.watching", folder=folder.key, mode=how, recursive=folder.recursive)
+        return True
+
+    def unwatch(self, folder_key: str) -> None:
+        self.watcher.remove(folder_key)
+        self.missing.discard(folder_key)
+        self._ids.pop(folder_key, None)
+
+    def reconcile(self, running: Iterable[FolderConfig], wanted: Iterable[FolderConfig]) -> None:
+        """After a reload: drops the watches of removed folders, (re)watches new or changed
+        ones."""
+        old = {f.key: f for f in running}
+        new = {f.key: f for f in wanted}
+        for gone in old.keys() - new.keys():
+            self.unwatch(gone)
+            log.info("folder.removed", folder=gone)
+        for key, folder in new.items():
+            if old.get(key) != folder:
+                self.watch(folder)
+
+    def check(self, folders: Iterable[FolderConfig]) -> list[FolderConfig]:
+        """Notices folders that went missing, came back or were replaced; returns the
+        ones to scan now (back, or replaced and watched anew)."""
+        rescan = []
+        for folder in folders:
+            present = folder.path.is_dir()
+            if folder.key in self.missing and present:
+                log.info("folder.back", folder=folder.key)
+                if self.watch(folder):
+                    rescan.append(folder)
+            elif folder.key not in self.missing and not present:
+                # Unmounted or deleted: nothing is taken as deleted; wait for it to return.
+                self.missing.add(folder.key)
+                self.watcher.remove(folder.key)
+                log.error("folder.missing", folder=folder.key, hint="will resume when it returns")
+            elif present and self._ids.get(folder.key) not in (None, _dir_id(folder.path)):
+                # Replaced between two checks (moved away and created again, a restore): the
+                # watch still follows the old folder. Watch the new one and look into it.
+                log.warning("folder.replaced", folder=folder.key, hint="watching the new folder")
+                if self.watch(folder):
+                    rescan.append(folder)
+        return rescan
