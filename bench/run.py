@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
 
 import tomli_w  # noqa: E402
 
-from hottask_sync.emulator import Emulator, Faults  # noqa: E402
+from hottask_sync.emulator import Emulator, Faults, TicketInfo  # noqa: E402
 from hottask_sync.files import FileSig  # noqa: E402
 from hottask_sync.ledger import Ledger  # noqa: E402
 
@@ -349,7 +349,12 @@ _warmed: list[bool] = []
 def warm_bytecode() -> None:
     """Compiles what the subprocesses import, once per bench run, before anything is timed."""
     if not _warmed:
-        code = "import hottask_sync.cli, hottask_sync.daemon, http.client, json, threading"
+        # The CLI and what it imports, then every module of the package: no module name of
+        # the daemon's internals is hard-coded here.
+        code = (
+            "import compileall, http.client, json, threading, hottask_sync.cli\n"
+            "compileall.compile_dir(hottask_sync.__path__[0], quiet=1)"
+        )
         subprocess.run([sys.executable, "-c", code], env=subprocess_env(), check=True)
         _warmed.append(True)
 
@@ -366,26 +371,24 @@ class BenchEmulator(Emulator):
 
     Waiting on it instead of polling keeps the bench thread off the GIL while the emulator
     serves (a 2 ms poll loop measurably slowed it), and stamps each report as it happens.
+    Reports are seen through the emulator's public ``on_report`` hook.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cond = threading.Condition()
+    def __init__(self, data_dir: Path, **kwargs: Any) -> None:
+        self.reports_changed = threading.Condition()
         self.n_reported = 0
         self.report_times: list[float] = []
         self.reported_at: dict[str, float] = {}
+        super().__init__(data_dir, on_report=self.record_report, **kwargs)
 
-    def _report(self, file_store_id: str) -> tuple[int, str]:
-        code, message = super()._report(file_store_id)
-        if code == 200:
-            now = time.monotonic()
-            name = self._tickets[file_store_id].file_name
-            with self._cond:
-                self.n_reported += 1
-                self.report_times.append(now)
-                self.reported_at.setdefault(name, now)
-                self._cond.notify_all()
-        return code, message
+    def record_report(self, info: TicketInfo) -> None:
+        """The ``on_report`` hook: counts and stamps one accepted report."""
+        now = time.monotonic()
+        with self.reports_changed:
+            self.n_reported += 1
+            self.report_times.append(now)
+            self.reported_at.setdefault(info.file_name, now)
+            self.reports_changed.notify_all()
 
     def wait_reports(
         self,
@@ -401,32 +404,32 @@ class BenchEmulator(Emulator):
         Raises BenchError after ``timeout`` seconds without any new report.
         """
         last, last_change = -1, time.monotonic()
-        with self._cond:
+        with self.reports_changed:
             while self.n_reported < n:
                 if self.n_reported != last:
                     last, last_change = self.n_reported, time.monotonic()
                 elif time.monotonic() - last_change > timeout:
                     raise BenchError(f"stuck at {self.n_reported}/{n} reports for {timeout:.0f}s")
-                self._cond.wait(every)
+                self.reports_changed.wait(every)
                 if alive is not None or tick is not None:
-                    self._cond.release()
+                    self.reports_changed.release()
                     try:
                         if self.n_reported < n and alive is not None:
                             alive()
                         if tick is not None:
                             tick()
                     finally:
-                        self._cond.acquire()
+                        self.reports_changed.acquire()
             return self.report_times[n - 1]
 
     def wait_name(self, name: str, timeout: float, alive: Callable[[], None] | None) -> float:
         """Waits until the file ``name`` was reported; returns when (monotonic)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self.reports_changed:
             while name not in self.reported_at:
                 if time.monotonic() > deadline:
                     raise BenchError(f"{name} not reported within {timeout:.0f}s")
-                self._cond.wait(0.25)
+                self.reports_changed.wait(0.25)
                 if name not in self.reported_at and alive is not None:
                     alive()
             return self.reported_at[name]

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, emulator, logs
-from .backoff import retry_delay
+from . import __version__, logs, oneshot
 from .client import HotTaskClient
 from .config import Config, load_config, resolve_api_key
-from .daemon import Daemon, check_folders, daemon_pid
-from .errors import ApiError, TransientError, UrlExpired, UserError
+from .errors import LedgerError, UserError
 from .example import EXAMPLE_CONFIG
-from .ledger import Ledger
+from .folders import check_folders
+from .ledger import LEDGER_FILENAME, Ledger
+from .runtime import run_daemon
+from .statedir import daemon_pid
 
 PROG = "hottask-sync"
 
@@ -83,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="hottask-sync.toml", metavar="PATH")
     p.set_defaults(func=cmd_init)
 
-    p = command("emulator", "Run a local HotTask-compatible server (for trying and testing).")
-    emulator.add_arguments(p)
-    p.set_defaults(func=emulator.run_from_args)
+    # The emulator parses its own options when its command runs, so that building this parser
+    # never imports it: every argument after "emulator" is kept verbatim. A NUL prefix (no
+    # command-line argument can hold one) makes argparse take even "--help" as a plain value.
+    about = "Run a local HotTask-compatible server (for trying and testing)."
+    p = sub.add_parser("emulator", help=about, description=about, add_help=False, prefix_chars="\0")
+    p.add_argument("emulator_args", nargs=argparse.REMAINDER, metavar="OPTIONS")
+    p.set_defaults(func=cmd_emulator, emulator_about=about)
 
     p = command("demo", "Start the emulator and a daemon watching DIR/inbox: drop files in.")
     p.add_argument("--dir", default="hottask-demo", metavar="DIR", help="default ./hottask-demo")
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logs.configure(config.logging.format, config.logging.level)
-    return Daemon(config).run()
+    return run_daemon(config)
 
 
 # --- upload -----------------------------------------------------------------------------------
@@ -110,69 +112,33 @@ def cmd_upload(args: argparse.Namespace) -> int:
     key = resolve_api_key(config.api)
     logs.set_secrets([key.value])
     logs.configure("console", "warning", stream=sys.stderr)
-    failed = 0
     with HotTaskClient(
         config.api.base_url, key.value, timeout=config.api.timeout_seconds
     ) as client:
-        for name in args.files:
-            try:
-                fsid, size, digest = upload_file(client, name, config.sync.max_attempts)
-            except (ApiError, OSError) as exc:
-                failed += 1
-                print(f"FAILED {name}: {_reason(exc)}")
-            else:
-                print(f"uploaded {name} -> FileStoreId {fsid} ({size} bytes, sha256 {digest})")
-    return 1 if failed else 0
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return logs.redact_text(str(exc))
-
-
-def upload_file(client: HotTaskClient, name: str, attempts: int) -> tuple[str, int, str]:
-    """Uploads one named file now (three calls, transient errors retried ``attempts`` times).
-
-    Returns (FileStoreId, size, sha256). Raises ApiError or OSError when it cannot.
-    """
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not (st.st_mode & 0o170000) == 0o100000:
-            raise OSError(0, "not a regular file")
-        rng = random.Random()
-        for attempt in range(1, attempts + 1):
-            try:
-                ticket = client.get_upload_url(os.path.basename(name))
-                hasher = hashlib.sha256()
-                try:
-                    client.put(ticket, fd, st.st_size, on_chunk=hasher.update)
-                except UrlExpired:
-                    ticket = client.get_upload_url(os.path.basename(name))
-                    hasher = hashlib.sha256()
-                    client.put(ticket, fd, st.st_size, on_chunk=hasher.update)
-                client.report_success(ticket.file_store_id)
-                return ticket.file_store_id, st.st_size, hasher.hexdigest()
-            except TransientError as exc:
-                if attempt == attempts:
-                    raise
-                time.sleep(retry_delay(attempt, rng, retry_after=exc.retry_after, cap=30.0))
-        raise AssertionError("unreachable")
-    finally:
-        os.close(fd)
+        results = oneshot.upload_files(
+            client, args.files, max_attempts=config.sync.max_attempts, key_source=key.source
+        )
+    for r in results:
+        if r.file_store_id is not None:
+            print(
+                f"uploaded {r.name} -> FileStoreId {r.file_store_id} "
+                f"({r.size} bytes, sha256 {r.sha256})"
+            )
+        else:
+            print(f"FAILED {r.name}: {r.error}")
+    return 1 if any(r.file_store_id is None for r in results) else 0
 
 
 # --- status and retry -------------------------------------------------------------------------
 
 
 def _open_ledger(config: Config, readonly: bool) -> Ledger:
-    path = config.sync.state_dir / "ledger.sqlite3"
+    path = config.sync.state_dir / LEDGER_FILENAME
     if not path.exists():
         raise UserError(f"no ledger at {path} (has the daemon run yet with this config?)")
     try:
         return Ledger(path, readonly=readonly)
-    except Exception as exc:
+    except LedgerError as exc:
         raise UserError(str(exc)) from exc
 
 
@@ -204,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
         return 0
     print(f"daemon: {'running, PID ' + str(pid) if pid else 'not running'}")
-    print(f"ledger: {config.sync.state_dir / 'ledger.sqlite3'}")
+    print(f"ledger: {config.sync.state_dir / LEDGER_FILENAME}")
     print(
         f"uploaded {summary['uploaded']}, pending {summary['pending']}, failed {summary['failed']}"
         f" (pending {counts['pending']}, ticketed {counts['ticketed']}, put {counts['put']})"
@@ -318,8 +284,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- demo -------------------------------------------------------------------------------------
 
 
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator.command import main as emulator_main
+
+    return emulator_main(
+        args.emulator_args, prog=f"{PROG} emulator", description=args.emulator_about
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import tomli_w
+
+    from .emulator import Emulator
 
     root = Path(args.dir).resolve()
     inbox = root / "inbox"
@@ -327,7 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     inbox.mkdir(parents=True, exist_ok=True)
     store.mkdir(parents=True, exist_ok=True)
     key = "demo-key"
-    emu = emulator.Emulator(store, api_key=key, port=0)
+    emu = Emulator(store, api_key=key, port=0)
     config_path = root / "hottask-sync.toml"
     config_path.write_text(
         tomli_w.dumps(
@@ -354,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        code = Daemon(config, environ=env).run()
+        code = run_daemon(config, env)
     except KeyboardInterrupt:
         code = 0  # Ctrl-C before the daemon took over SIGINT: still a clean stop
     finally:

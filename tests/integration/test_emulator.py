@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from hottask_sync.emulator import Emulator, Faults, parse_faults
+from hottask_sync.emulator import Emulator, Faults, TicketInfo, parse_faults
 from tests.conftest import wait_for
 from tests.fakes import FakeClock
 
@@ -237,6 +237,25 @@ def test_repeated_report_is_idempotent_and_counted(emu: Emulator, client: httpx.
     assert report(client, file_store_id).json()["Success"] is True
     assert report(client, file_store_id).json()["Success"] is True
     assert emu.tickets()[file_store_id].reported_count == 2
+
+
+def test_on_report_hook_sees_every_accepted_report_and_only_those(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    seen: list[TicketInfo] = []
+    emu.on_report = seen.append
+    file_store_id, url = ticket(client, "hooked.txt")
+    assert report(client, file_store_id).json()["Code"] == 400  # not put yet: refused
+    assert report(client, "999").json()["Code"] == 404
+    assert seen == []
+    client.put(url, content=b"x")
+    assert report(client, file_store_id).json()["Success"] is True
+    assert report(client, file_store_id).json()["Success"] is True
+    assert [(i.file_store_id, i.file_name, i.reported_count) for i in seen] == [
+        (file_store_id, "hooked.txt", 1),
+        (file_store_id, "hooked.txt", 2),
+    ]
+    assert seen[-1] == emu.tickets()[file_store_id]
 
 
 def test_second_put_overwrites(emu: Emulator, client: httpx.Client) -> None:
@@ -638,6 +657,7 @@ def test_stop_with_an_idle_keepalive_connection_is_prompt(tmp_path: Path) -> Non
 def test_stop_without_start_releases_the_port(tmp_path: Path) -> None:
     emulator = Emulator(tmp_path)
     port = urlsplit(emulator.base_url).port
+    assert emulator.address == ("127.0.0.1", port)
     emulator.stop()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -20,8 +20,8 @@ from structlog.testing import capture_logs
 from hottask_sync.client import CHUNK_SIZE, HotTaskClient
 from hottask_sync.config import FolderConfig
 from hottask_sync.files import FileSig
-from hottask_sync.ledger import Ledger, State
 from hottask_sync.jobs import Job, Outcome
+from hottask_sync.ledger import Ledger, State
 from hottask_sync.uploader import PROGRESS_EVERY_SECONDS, PROGRESS_MIN_BYTES, Uploader
 from tests.fakes import FakeClock, envelope
 
