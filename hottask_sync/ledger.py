@@ -6,10 +6,36 @@ each step before the next one starts::
     pending --GetPreUploadUrl--> ticketed --PUT--> put --ReportUploadSuccess--> reported
        \\______________________ failed (permanent errors) ______________________/
 
+The state machine is written once, in :data:`TRANSITIONS`: operation, the states it may
+change a row from (``(none)``: no row yet), and what each becomes (``(deleted)``: the row
+is removed). The guarded UPDATEs' ``state IN (...)`` clauses, the IllegalTransition checks
+and record_error's outcomes are derived from it. Rendered by ``_render_table`` (a test keeps
+this copy in step)::
+
+    add_pending             (none) pending ticketed reported failed -> pending [new version] *
+    mark_ticketed           (none) pending ticketed reported failed -> ticketed
+    mark_put                ticketed -> put [same ticket]
+    mark_reported           put -> reported [same ticket]
+    mark_disposed           reported -> reported
+    mark_pending            pending ticketed -> pending
+    retry_failed            failed -> pending *
+    forget                  pending ticketed failed -> (deleted) *
+    record_error:transient  (none) -> pending; pending ticketed put reported failed unchanged
+    record_error:retry      (none) ticketed -> pending; pending put reported failed unchanged
+    record_error:fail       (none) pending ticketed put -> failed; reported failed unchanged
+
+    [new version]: only if the row records another version than the sig given, or none
+    [same ticket]: only if the file_store_id given, if any, is the row's
+    *: rows it may not change are left alone, without IllegalTransition
+
+An operation asked of a row in any other state, or whose condition does not hold, changes
+nothing and raises :class:`IllegalTransition` (unless marked ``*``).
+
 After a crash, :func:`plan` reads the row left behind and says how to finish without ever
 reporting a file twice: ``ticketed`` is redone from the first call (an unreported ticket is
 harmless), ``put`` is finished by reporting the recorded FileStoreId (the bytes are already
-on S3), ``reported`` is skipped.
+on S3), ``reported`` is skipped. Each action it returns is a transition the table allows
+(:data:`ACTION_OPS`).
 
 Storage is one SQLite file in WAL mode, used through a single connection behind a lock, with
 explicit ``BEGIN IMMEDIATE``/``COMMIT`` transactions. Every ``sqlite3.Error`` (disk full,
@@ -25,15 +51,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal, Self
 
 from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
 
-#: The schema this code writes. Bump it with a migration in ``_init_schema``.
+#: The schema this code writes. Bump it with a migration in ``_Store._init_schema``.
 SCHEMA_VERSION = 1
 
 LEDGER_FILENAME = "ledger.sqlite3"
@@ -105,6 +132,10 @@ def plan(entry: Entry | None, sig: FileSig, *, dispose: bool) -> Action:
     - ``reported``, different version: UPLOAD (a new version, or a new file at a path whose
       old file was moved away).
     - ``failed``: FAILED while unchanged; UPLOAD once it changed.
+
+    Every action is a transition :data:`TRANSITIONS` allows from the row's state (see
+    :data:`ACTION_OPS`); SKIP and FAILED are exactly the rows a rescan's ``add_pending``
+    leaves alone.
     """
     if entry is None:
         return Action.UPLOAD
@@ -123,6 +154,234 @@ def plan(entry: Entry | None, sig: FileSig, *, dispose: bool) -> Action:
     # FAILED
     return Action.FAILED if same else Action.UPLOAD
 
+
+# --- the state machine --------------------------------------------------------------------
+
+
+class Op(enum.StrEnum):
+    """The operations that change rows: the Ledger methods of the same name, with
+    record_error split by outcome (which :func:`_error_op` picks)."""
+
+    ADD_PENDING = "add_pending"
+    MARK_TICKETED = "mark_ticketed"
+    MARK_PUT = "mark_put"
+    MARK_REPORTED = "mark_reported"
+    MARK_DISPOSED = "mark_disposed"
+    MARK_PENDING = "mark_pending"
+    RETRY_FAILED = "retry_failed"
+    FORGET = "forget"
+    ERROR_TRANSIENT = "record_error:transient"  # permanent=False
+    ERROR_RETRY = "record_error:retry"  # permanent, attempts left
+    ERROR_FAIL = "record_error:fail"  # permanent, fail_now or attempts >= max_attempts
+
+
+class Cond(enum.Enum):
+    """A condition an operation needs besides the row's state; when it does not hold, the
+    operation is refused like from any other state. Values are the tags of the docstring."""
+
+    ALWAYS = ""
+    # FileSig.same_version against the row's sig: a rescan resets only changed files.
+    NEW_VERSION = "[new version]"
+    # The file_store_id argument, when given, must be the row's: a stale upload is refused.
+    SAME_TICKET = "[same ticket]"
+
+
+_COND_MEANINGS: Final[Mapping[Cond, str]] = MappingProxyType(
+    {
+        Cond.NEW_VERSION: "only if the row records another version than the sig given, or none",
+        Cond.SAME_TICKET: "only if the file_store_id given, if any, is the row's",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one operation changes a row: ``moves`` maps each state it is allowed from to
+    the state the row ends in (None as a source: there is no row yet and one is created;
+    as a target: the row is deleted). ``strict`` operations raise IllegalTransition when
+    refused; the others (bulk sweeps) leave such rows alone quietly."""
+
+    moves: Mapping[State | None, State | None]
+    when: Cond = Cond.ALWAYS
+    strict: bool = True
+
+    @property
+    def sources(self) -> tuple[State | None, ...]:
+        return tuple(self.moves)
+
+
+_P, _T, _U, _R, _F = State.PENDING, State.TICKETED, State.PUT, State.REPORTED, State.FAILED
+_NO_ROW: Final = None  # as a source: no row yet; as a target: the row is deleted
+
+#: THE state machine: operation -> {state it is allowed from: state it leads to}.
+# fmt: off
+TRANSITIONS: Final[Mapping[Op, Rule]] = MappingProxyType({
+    Op.ADD_PENDING:     Rule({_NO_ROW: _P, _P: _P, _T: _P, _R: _P, _F: _P},
+                             Cond.NEW_VERSION, strict=False),
+    Op.MARK_TICKETED:   Rule({_NO_ROW: _T, _P: _T, _T: _T, _R: _T, _F: _T}),
+    Op.MARK_PUT:        Rule({_T: _U}, Cond.SAME_TICKET),
+    Op.MARK_REPORTED:   Rule({_U: _R}, Cond.SAME_TICKET),
+    Op.MARK_DISPOSED:   Rule({_R: _R}),
+    Op.MARK_PENDING:    Rule({_P: _P, _T: _P}),
+    Op.RETRY_FAILED:    Rule({_F: _P}, strict=False),
+    Op.FORGET:          Rule({_P: _NO_ROW, _T: _NO_ROW, _F: _NO_ROW}, strict=False),
+    # A put row stays put until it fails (going back to pending would upload it again
+    # instead of retrying the report); a reported row stays reported (the error is about
+    # the after_upload move/delete, the upload itself is done).
+    Op.ERROR_TRANSIENT: Rule({_NO_ROW: _P, _P: _P, _T: _T, _U: _U, _R: _R, _F: _F}),
+    Op.ERROR_RETRY:     Rule({_NO_ROW: _P, _P: _P, _T: _P, _U: _U, _R: _R, _F: _F}),
+    Op.ERROR_FAIL:      Rule({_NO_ROW: _F, _P: _F, _T: _F, _U: _F, _R: _R, _F: _F}),
+})
+# fmt: on
+
+#: The operation that carries out each action of :func:`plan` (None: the row is left as
+#: it is). A test checks that plan() only ever asks for what TRANSITIONS allows.
+ACTION_OPS: Final[Mapping[Action, Op | None]] = MappingProxyType(
+    {
+        Action.UPLOAD: Op.MARK_TICKETED,
+        Action.REPORT: Op.MARK_REPORTED,
+        Action.DISPOSE: Op.MARK_DISPOSED,
+        Action.SKIP: None,
+        Action.FAILED: None,
+    }
+)
+
+# Why a row in each state refuses what the table does not allow from it.
+_REFUSALS: Final[Mapping[State, str]] = MappingProxyType(
+    {
+        State.PENDING: "it has no ticket yet",
+        State.TICKETED: "its PUT is not recorded yet",
+        State.PUT: "it owes the report of its upload",
+        State.REPORTED: "it is done (a new version goes through add_pending or mark_ticketed)",
+        State.FAILED: "it failed for good (retry_failed or a new version sends it back)",
+    }
+)
+
+
+def _error_op(cur: Entry | None, *, permanent: bool, fail_now: bool, max_attempts: int) -> Op:
+    """Which record_error operation an error is for the row ``cur`` (None: no row): a
+    permanent one is final when ``fail_now`` or its attempt makes ``max_attempts``."""
+    if not permanent:
+        return Op.ERROR_TRANSIENT
+    attempts = (0 if cur is None else cur.attempts) + 1
+    return Op.ERROR_FAIL if fail_now or attempts >= max_attempts else Op.ERROR_RETRY
+
+
+def _state_in(op: Op, column: str = "state", *, but: State | None = None) -> str:
+    """The SQL test that a row is in a state ``op`` is allowed from (``but`` that one)."""
+    quoted = [f"'{s}'" for s in State if s in TRANSITIONS[op].moves and s is not but]
+    return f"{column} IN ({', '.join(quoted)})"
+
+
+def _target(op: Op) -> State | None:
+    """The one state ``op`` leads to from every existing row; ValueError if it has several."""
+    targets = {t for s, t in TRANSITIONS[op].moves.items() if s is not None}
+    if len(targets) != 1:
+        raise ValueError(f"{op} leads to {len(targets)} states, not one")
+    return targets.pop()
+
+
+def _created(op: Op) -> State:
+    """The state of the row ``op`` creates when there is none; ValueError if it creates none."""
+    created = TRANSITIONS[op].moves.get(None)
+    if created is None:
+        raise ValueError(f"{op} creates no row")
+    return created
+
+
+def _target_sql(op: Op) -> str:
+    target = _target(op)
+    if target is None:
+        raise ValueError(f"{op} deletes rows")
+    return f"'{target}'"
+
+
+def _check(
+    path: Path,
+    op: Op,
+    cur: Entry | None,
+    folder: str,
+    relpath: str,
+    file_store_id: str | None = None,
+) -> None:
+    """Raises IllegalTransition, explaining why, unless TRANSITIONS allows ``op`` on the
+    row ``cur`` (None: no row), ticket ``file_store_id`` included."""
+    rule = TRANSITIONS[op]
+    if cur is None:
+        if None in rule.moves:
+            return
+        raise IllegalTransition(f"ledger {path}: {op}: no row for {folder!r} {relpath!r}")
+    where = f"ledger {path}: {op}: {cur.folder!r} {cur.relpath!r} is {cur.state}"
+    if cur.state not in rule.moves:
+        allowed = ", ".join(_name(s) for s in rule.sources)
+        raise IllegalTransition(f"{where}: {_REFUSALS[cur.state]} (allowed from: {allowed})")
+    if rule.when is Cond.SAME_TICKET and file_store_id not in (None, cur.file_store_id):
+        raise IllegalTransition(
+            f"{where}: its ticket is {cur.file_store_id!r}, not {file_store_id!r}"
+        )
+
+
+def _advance_row(
+    conn: sqlite3.Connection,
+    path: Path,
+    op: Op,
+    folder: str,
+    relpath: str,
+    assignments: str,
+    values: tuple[object, ...],
+    file_store_id: str | None = None,
+) -> None:
+    """Moves the row as TRANSITIONS[op] says, applying ``assignments`` too; raises
+    IllegalTransition, explaining why, when the table does not allow it."""
+    rule = TRANSITIONS[op]
+    # One conditional UPDATE does the check and the write; the row is read only to explain
+    # a refusal.
+    sql = (
+        f"UPDATE files SET state = {_target_sql(op)}, {assignments}"
+        f" WHERE folder = ? AND relpath = ? AND {_state_in(op)}"
+    )
+    params: tuple[object, ...] = (*values, folder, os.fsencode(relpath))
+    if rule.when is Cond.SAME_TICKET:
+        sql += " AND (? IS NULL OR file_store_id = ?)"
+        params += (file_store_id, file_store_id)
+    elif file_store_id is not None:
+        raise ValueError(f"{op} takes no ticket")
+    if conn.execute(sql, params).rowcount:
+        return
+    _check(path, op, _fetch(conn, folder, relpath), folder, relpath, file_store_id)
+    raise AssertionError(f"{op}: the row met the conditions but was not updated")
+
+
+def _name(state: State | None, *, deleted: bool = False) -> str:
+    if state is None:
+        return "(deleted)" if deleted else "(none)"
+    return state.value
+
+
+def _render_table() -> str:
+    """TRANSITIONS as the text in the module docstring: one line per operation, its
+    sources grouped by target (rows a multi-target operation leaves in their state as
+    "unchanged"), then what the condition tags mean."""
+    lines = []
+    for op, rule in TRANSITIONS.items():
+        groups: dict[str, list[str]] = {}
+        several = len(set(rule.moves.values())) > 1
+        for source, target in rule.moves.items():
+            key = (
+                "unchanged" if several and source is target else f"-> {_name(target, deleted=True)}"
+            )
+            groups.setdefault(key, []).append(_name(source))
+        text = "; ".join(f"{' '.join(sources)} {key}" for key, sources in groups.items())
+        text += f" {rule.when.value}" if rule.when.value else ""
+        text += "" if rule.strict else " *"
+        lines.append(f"    {op.value:<24}{text}")
+    lines.append("")
+    lines += [f"    {cond.value}: {meaning}" for cond, meaning in _COND_MEANINGS.items()]
+    lines.append("    *: rows it may not change are left alone, without IllegalTransition")
+    return "\n".join(lines)
+
+
+# --- storage --------------------------------------------------------------------------------
 
 _SCHEMA_V1 = (
     """
@@ -156,71 +415,57 @@ _COLUMNS = (
 )
 
 # add_pending in one statement per row, so 100,000 rows fit in one fast executemany. The
-# WHERE clause is FileSig.same_version in SQL (size, mtime_ns, ino; dev left out): an
-# existing row is reset only when it records another version (or none), and never when it
-# is ``put``: that row owes a report, and losing it would leave uploaded bytes unreported.
-_ADD_PENDING_SQL = """
+# states come from TRANSITIONS[Op.ADD_PENDING] (never ``put``: that row owes a report, and
+# losing it would leave uploaded bytes unreported). The rest of the WHERE clause is its
+# condition, NEW_VERSION: FileSig.same_version in SQL (size, mtime_ns, ino; dev left out),
+# so an existing row is reset only when it records another version (or none).
+_ADD_PENDING_SQL = f"""
     INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,
                        created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, '{_created(Op.ADD_PENDING)}', ?, ?)
     ON CONFLICT (folder, relpath) DO UPDATE SET
         dev = excluded.dev, ino = excluded.ino, size = excluded.size,
-        mtime_ns = excluded.mtime_ns, state = 'pending', attempts = 0,
+        mtime_ns = excluded.mtime_ns, state = {_target_sql(Op.ADD_PENDING)}, attempts = 0,
         transient_errors = 0, last_error = NULL, file_store_id = NULL, sha256 = NULL,
         disposed = 0, reported_at = NULL, updated_at = excluded.updated_at
-    WHERE files.state != 'put'
+    WHERE {_state_in(Op.ADD_PENDING, "files.state")}
       AND NOT (files.size IS NOT NULL AND files.mtime_ns IS NOT NULL
                AND files.ino IS NOT NULL
                AND files.size = excluded.size AND files.mtime_ns = excluded.mtime_ns
                AND files.ino = excluded.ino)
 """
 
+# mark_ticketed's usual case in one statement, without reading the row first: a row of
+# this very version that the table lets take a ticket, reported ones excepted (a reported
+# row starts a new upload, so its counters are reset by the general path).
+_MARK_TICKETED_SAME_VERSION_SQL = f"""
+    UPDATE files SET dev = ?, state = {_target_sql(Op.MARK_TICKETED)}, file_store_id = ?,
+        sha256 = NULL, disposed = 0, reported_at = NULL, updated_at = ?
+    WHERE folder = ? AND relpath = ? AND {_state_in(Op.MARK_TICKETED, but=State.REPORTED)}
+      AND dev IS NOT NULL AND ino = ? AND size = ? AND mtime_ns = ?
+"""
 
-class Ledger:
-    """The SQLite ledger. Thread-safe: one connection used under a lock.
 
-    Every method raises :class:`LedgerError` when the database cannot be read or written,
-    and :class:`IllegalTransition` (a LedgerError) when asked for a state change the state
-    machine forbids. A ledger opened with ``readonly=True`` raises LedgerError on any write.
-    """
+class _Store:
+    """The SQLite connection behind a Ledger: opening, pragmas and schema, and the lock and
+    transactions every access goes through. Turns ``sqlite3.Error`` into LedgerError."""
 
     def __init__(
-        self,
-        path: Path,
-        *,
-        clock: Callable[[], float] = time.time,
-        readonly: bool = False,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        self, path: Path, *, readonly: bool, synchronous: Literal["NORMAL", "FULL"]
     ) -> None:
-        """Given the ledger file's path, opens it, creating it and its schema if needed.
-
-        ``clock`` gives the timestamps stored in rows. ``readonly`` opens the file for
-        reading only (for ``hottask-sync status`` while the daemon runs): it never creates
-        anything. ``synchronous`` is the default durability of commits (``mark_put`` is
-        always FULL).
-
-        Raises LedgerError when the file cannot be opened or created, is not a ledger,
-        has a schema newer than this code understands, or (read-only) does not exist.
-        """
-        self.path = Path(path)
+        """Opens (creating unless ``readonly``) the database at ``path``; see Ledger."""
+        self.path = path
         self.readonly = readonly
-        self._clock = clock
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
-        self._synchronous = synchronous
-        self._lock = threading.Lock()
-        if readonly and not self.path.is_file():
-            raise LedgerError(f"no ledger at {self.path} (has the daemon run yet?)")
+        self.synchronous = synchronous
+        self.lock = threading.Lock()
         conn: sqlite3.Connection | None = None
         try:
             if readonly:
                 # as_uri() percent-encodes the path, so names with '?' or '#' work.
-                uri = self.path.absolute().as_uri() + "?mode=ro"
+                uri = path.absolute().as_uri() + "?mode=ro"
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
-                conn = sqlite3.connect(
-                    str(self.path), isolation_level=None, check_same_thread=False
-                )
+                conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             if readonly:
                 self._check_schema(conn)
@@ -231,501 +476,46 @@ class Ledger:
                 if not mode or str(mode[0]).lower() != "wal":
                     # Some filesystems (network shares) cannot do WAL and SQLite keeps a
                     # rollback journal, where NORMAL may corrupt the file on power loss.
-                    self._synchronous = "FULL"
-                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                    self.synchronous = "FULL"
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 self._init_schema(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
-            raise self._error(exc) from exc
+            raise self.error(exc) from exc
         except BaseException:
             if conn is not None:
                 conn.close()
             raise
-        self._conn: sqlite3.Connection | None = conn
-
-    @classmethod
-    def in_dir(cls, state_dir: Path, **kw: Any) -> Ledger:
-        """Given the state directory, returns the ledger ``state_dir / "ledger.sqlite3"``.
-
-        Creates ``state_dir`` (mode 0700: the ledger lists file names) unless opening
-        read-only. Raises LedgerError when the directory cannot be created.
-        """
-        state_dir = Path(state_dir)
-        if not kw.get("readonly", False):
-            try:
-                state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LedgerError(f"ledger {state_dir / LEDGER_FILENAME}: {exc}") from exc
-        return cls(state_dir / LEDGER_FILENAME, **kw)
+        self.conn: sqlite3.Connection | None = conn
 
     def close(self) -> None:
-        """Closes the ledger; idempotent. Later calls raise LedgerError."""
-        with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
+        with self.lock:
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
                 try:
                     conn.close()
                 except sqlite3.Error as exc:
-                    raise self._error(exc) from exc
+                    raise self.error(exc) from exc
 
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        mode = "ro" if self.readonly else "rw"
-        return f"Ledger({str(self.path)!r}, {mode})"
-
-    # --- reads ------------------------------------------------------------------------
-
-    def get(self, folder: str, relpath: str) -> Entry | None:
-        """Given a folder and a path relative to it, returns its row, or None."""
-        with self._reading() as conn:
-            return _fetch(conn, folder, relpath)
-
-    def snapshot(self, folder: str) -> dict[str, tuple[State, FileSig | None, bool]]:
-        """Given a folder, returns ``{relpath: (state, sig, disposed)}`` for all its rows.
-
-        One query, for startup scans: 100,000 rows load in a fraction of a second.
-        """
-        fsdecode = os.fsdecode
-        states = {s.value: s for s in State}
-        u64 = _U64
-        result: dict[str, tuple[State, FileSig | None, bool]] = {}
-        # The hot loop of a startup scan: plain locals and inline conversions, and the
-        # cursor is iterated rather than fetched into a second list first. The four sig
-        # columns are always written together (_sig_params), so checking size is enough.
-        with self._reading() as conn:
-            cursor = conn.execute(
-                "SELECT relpath, state, size, mtime_ns, ino, dev, disposed"
-                " FROM files WHERE folder = ?",
-                (folder,),
-            )
-            for relpath, state, size, mtime_ns, ino, dev, disposed in cursor:
-                result[fsdecode(relpath)] = (
-                    states[state],
-                    None
-                    if size is None
-                    else FileSig(
-                        size,
-                        mtime_ns,
-                        ino if ino >= 0 else ino + u64,
-                        dev if dev >= 0 else dev + u64,
-                    ),
-                    disposed == 1,
-                )
-        return result
-
-    def unfinished(self) -> list[Entry]:
-        """Returns the rows in ``put``: uploads whose report is owed. The daemon reports
-        them at start, even when the file is gone (the bytes are already on S3)."""
-        return self.in_state(State.PUT)
-
-    def in_state(self, state: State, limit: int | None = None) -> list[Entry]:
-        """Given a state and an optional limit, returns up to ``limit`` rows in that state,
-        least recently updated first."""
-        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? ORDER BY updated_at, folder, relpath"
-        params: tuple[object, ...] = (State(state).value,)
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (limit,)
-        with self._reading() as conn:
-            return [_entry(row) for row in conn.execute(sql, params)]
-
-    def counts(self) -> dict[str, int]:
-        """Returns how many rows are in each state (every State value is a key, 0 when
-        none) plus ``"total"``."""
-        result = {s.value: 0 for s in State}
-        with self._reading() as conn:
-            for state, n in conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
-                result[state] = n
-        result["total"] = sum(result.values())
-        return result
-
-    def recent_failures(self, limit: int = 10) -> list[Entry]:
-        """Returns up to ``limit`` rows that failed, hit an error and are not reported yet
-        (still retrying), or were reported but whose after_upload move/delete failed (it is
-        tried again at the next scan), most recently updated first."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM files"
-                " WHERE state = 'failed' OR (last_error IS NOT NULL AND disposed = 0)"
-                " ORDER BY updated_at DESC, folder, relpath LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_entry(row) for row in rows]
-
-    # --- writes -----------------------------------------------------------------------
-    #
-    # Durability: commits run with synchronous=NORMAL, so the last few can be lost to a
-    # power cut (never to a process crash). That is harmless for every transition except
-    # mark_put, because losing one only sends a file back to an earlier state and plan()
-    # redoes the work from there:
-    #   - add_pending / mark_pending / record_error / retry_failed / forget lost: the next
-    #     scan or attempt re-derives them; at worst an error count is off by one.
-    #   - mark_ticketed lost: the row is pending again and a new ticket is fetched; the
-    #     first ticket was never reported, so it is an orphan, not a duplicate.
-    #   - mark_reported lost: the row is put again and the same FileStoreId is reported a
-    #     second time; that is one file in HotTask, not two.
-    #   - mark_disposed lost: the move/delete is redone (plan says DISPOSE).
-    # Losing mark_put is not harmless: the row would fall back to ticketed, the file would
-    # be uploaded under a new ticket and reported, while the caller may already have
-    # reported the first ticket. So mark_put is committed with synchronous=FULL.
-
-    def add_pending(self, items: Iterable[tuple[str, str, FileSig]]) -> None:
-        """Given ``(folder, relpath, sig)`` triples, records them as pending in ONE
-        transaction (all or nothing).
-
-        A path without a row gets a new pending row. An existing row is reset to pending
-        (attempts and errors cleared, file_store_id/sha256 NULL, disposed 0) only when it
-        records a different version than ``sig`` (or none). Rows of the same version are
-        left alone whatever their state, and ``put`` rows are never touched (they owe a
-        report; plan() says REPORT for them). Raises LedgerError when it cannot commit.
-        """
-        now = self._clock()
-
-        def params() -> Iterator[tuple[object, ...]]:
-            for folder, relpath, sig in items:
-                yield (
-                    folder,
-                    os.fsencode(relpath),
-                    _to_u64(sig.dev),
-                    _to_u64(sig.ino),
-                    sig.size,
-                    sig.mtime_ns,
-                    now,
-                    now,
-                )
-
-        with self._transaction() as conn:
-            conn.executemany(_ADD_PENDING_SQL, params())
-
-    def mark_ticketed(self, folder: str, relpath: str, sig: FileSig, file_store_id: str) -> None:
-        """Records that GetPreUploadUrl gave ``file_store_id`` for version ``sig``, before
-        the PUT starts. Creates the row if needed.
-
-        Allowed from any state but ``put`` (which owes a report of its own ticket: raises
-        IllegalTransition). When the row held another version, or was reported, the attempt
-        counters and last error are reset; otherwise they are kept.
-        """
-        now = self._clock()
-        dev, ino, size, mtime_ns = _sig_params(sig)
-        with self._transaction() as conn:
-            # The usual case in one statement, without reading the row first: a pending,
-            # ticketed or failed row of this very version keeps its counters and takes the
-            # ticket (what the general path below does when new_version is False).
-            if conn.execute(
-                "UPDATE files SET dev = ?, state = 'ticketed', file_store_id = ?, sha256 = NULL,"
-                " disposed = 0, reported_at = NULL, updated_at = ?"
-                " WHERE folder = ? AND relpath = ? AND state IN ('pending', 'ticketed', 'failed')"
-                " AND dev IS NOT NULL AND ino = ? AND size = ? AND mtime_ns = ?",
-                (dev, file_store_id, now, folder, os.fsencode(relpath), ino, size, mtime_ns),
-            ).rowcount:
-                return
-            cur = _fetch(conn, folder, relpath)
-            if cur is None:
-                conn.execute(
-                    "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,"
-                    " file_store_id, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'ticketed', ?, ?, ?)",
-                    (folder, os.fsencode(relpath), *_sig_params(sig), file_store_id, now, now),
-                )
-                return
-            if cur.state is State.PUT:
-                raise self._illegal(cur, "mark_ticketed", "it owes the report of its upload")
-            new_version = cur.state is State.REPORTED or not sig.same_version(cur.sig)
-            conn.execute(
-                "UPDATE files SET dev = ?, ino = ?, size = ?, mtime_ns = ?, state = 'ticketed',"
-                " file_store_id = ?, sha256 = NULL, disposed = 0, reported_at = NULL,"
-                " attempts = ?, transient_errors = ?, last_error = ?, updated_at = ?"
-                " WHERE folder = ? AND relpath = ?",
-                (
-                    *_sig_params(sig),
-                    file_store_id,
-                    0 if new_version else cur.attempts,
-                    0 if new_version else cur.transient_errors,
-                    None if new_version else cur.last_error,
-                    now,
-                    folder,
-                    os.fsencode(relpath),
-                ),
-            )
-
-    def mark_put(
-        self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
-    ) -> None:
-        """Records that the PUT to S3 succeeded, with the uploaded bytes' SHA-256.
-
-        Only from ``ticketed``; when ``file_store_id`` is given it must also be the recorded
-        ticket. Raises IllegalTransition otherwise (e.g. a rescan reset the row because the
-        file changed: the caller must not report this upload). Committed with
-        synchronous=FULL, so it is on disk before this returns and the caller reports the
-        upload: a power cut cannot undo it. Raises LedgerError when it cannot commit.
-        """
-        now = self._clock()
-        with self._transaction(durable=True) as conn:
-            self._advance(
-                conn,
-                "mark_put",
-                State.TICKETED,
-                file_store_id,
-                folder,
-                relpath,
-                "state = 'put', sha256 = ?, updated_at = ?",
-                (sha256, now),
-            )
-
-    def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
-        """Records that ReportUploadSuccess succeeded: the file is done.
-
-        Only from ``put`` (and, when ``file_store_id`` is given, only for that ticket);
-        raises IllegalTransition otherwise. Clears ``last_error``; sets ``reported_at``.
-        """
-        now = self._clock()
-        with self._transaction() as conn:
-            self._advance(
-                conn,
-                "mark_reported",
-                State.PUT,
-                file_store_id,
-                folder,
-                relpath,
-                "state = 'reported', reported_at = ?, last_error = NULL, updated_at = ?",
-                (now, now),
-            )
-
-    def mark_disposed(self, folder: str, relpath: str) -> None:
-        """Records that the after_upload move/delete of a reported file was done.
-
-        Only from ``reported``; raises IllegalTransition otherwise. Idempotent. Clears
-        ``last_error`` (left by a failed earlier try of the move/delete).
-        """
-        now = self._clock()
-        with self._transaction() as conn:
-            cur = _fetch(conn, folder, relpath)
-            self._require(cur, "mark_disposed", State.REPORTED, None, folder, relpath)
-            conn.execute(
-                "UPDATE files SET disposed = 1, last_error = NULL, updated_at = ?"
-                " WHERE folder = ? AND relpath = ?",
-                (now, folder, os.fsencode(relpath)),
-            )
-
-    def mark_pending(self, folder: str, relpath: str, sig: FileSig | None = None) -> None:
-        """Sends a ``pending`` or ``ticketed`` row back to pending (the file changed during
-        the PUT): drops its ticket and hash, records ``sig`` if given, keeps ``attempts``.
-
-        Raises IllegalTransition when there is no row, or it is ``put`` (it owes a report),
-        ``reported`` (a new version goes through add_pending/mark_ticketed) or ``failed``
-        (use retry_failed).
-        """
-        now = self._clock()
-        with self._transaction() as conn:
-            cur = _fetch(conn, folder, relpath)
-            if cur is None:
-                raise IllegalTransition(
-                    f"ledger {self.path}: mark_pending: no row for {folder!r} {relpath!r}"
-                )
-            if cur.state not in (State.PENDING, State.TICKETED):
-                raise self._illegal(cur, "mark_pending", "only pending/ticketed rows can be")
-            new_sig = sig if sig is not None else cur.sig
-            conn.execute(
-                "UPDATE files SET state = 'pending', file_store_id = NULL, sha256 = NULL,"
-                " dev = ?, ino = ?, size = ?, mtime_ns = ?, updated_at = ?"
-                " WHERE folder = ? AND relpath = ?",
-                (*_sig_params(new_sig), now, folder, os.fsencode(relpath)),
-            )
-
-    def record_error(
-        self,
-        folder: str,
-        relpath: str,
-        error: str,
-        *,
-        permanent: bool,
-        max_attempts: int,
-        fail_now: bool = False,
-        sig: FileSig | None = None,
-    ) -> Entry:
-        """Records an error for a file and returns its row as it now is.
-
-        Transient: ``transient_errors += 1`` and ``last_error = error``; the state is
-        unchanged. Permanent: ``attempts += 1`` and ``last_error = error``; the row becomes
-        ``failed`` when ``fail_now`` or ``attempts >= max_attempts``, otherwise it goes back
-        to ``pending`` (its ticket dropped) to be tried again.
-
-        Two exceptions keep the exactly-once promise: a ``put`` row stays ``put`` until it
-        fails (going back to pending would upload again instead of retrying the report),
-        and a ``reported`` row stays ``reported`` (the error is about the after_upload
-        move/delete; the upload itself is done). A ``failed`` row stays ``failed``.
-
-        Without a row, one is created (pending, or failed as above). ``sig``, when given,
-        records the version the error is about, so that plan() can tell whether a failed
-        file changed since; a row without a sig is retried whenever it is seen.
-        Raises ValueError when ``max_attempts < 1``.
-        """
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        now = self._clock()
-        with self._transaction() as conn:
-            cur = _fetch(conn, folder, relpath)
-            if cur is None:
-                conn.execute(
-                    "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (folder, os.fsencode(relpath), *_sig_params(sig), now, now),
-                )
-                cur = _fetch(conn, folder, relpath)
-                assert cur is not None
-            state = cur.state
-            attempts = cur.attempts
-            transient = cur.transient_errors
-            file_store_id = cur.file_store_id
-            sha256 = cur.sha256
-            if permanent:
-                attempts += 1
-                if state is State.REPORTED:
-                    pass
-                elif fail_now or attempts >= max_attempts:
-                    state = State.FAILED
-                elif state is not State.PUT and state is not State.FAILED:
-                    state = State.PENDING
-                    file_store_id = sha256 = None
-            else:
-                transient += 1
-            conn.execute(
-                "UPDATE files SET state = ?, attempts = ?, transient_errors = ?,"
-                " last_error = ?, file_store_id = ?, sha256 = ?, updated_at = ?"
-                " WHERE folder = ? AND relpath = ?",
-                (
-                    state.value,
-                    attempts,
-                    transient,
-                    error,
-                    file_store_id,
-                    sha256,
-                    now,
-                    folder,
-                    os.fsencode(relpath),
-                ),
-            )
-            if sig is not None:
-                conn.execute(
-                    "UPDATE files SET dev = ?, ino = ?, size = ?, mtime_ns = ?"
-                    " WHERE folder = ? AND relpath = ?",
-                    (*_sig_params(sig), folder, os.fsencode(relpath)),
-                )
-            entry = _fetch(conn, folder, relpath)
-            assert entry is not None
-            return entry
-
-    def retry_failed(self, folder: str | None = None, relpaths: Iterable[str] | None = None) -> int:
-        """Sends failed rows back to pending with ``attempts = 0`` (their ticket and hash
-        dropped, so the file is uploaded afresh) and returns how many there were.
-
-        All failed rows; or those of ``folder``; or only ``relpaths`` of ``folder`` (paths
-        that are not failed are ignored). Raises ValueError for ``relpaths`` without a
-        ``folder``.
-        """
-        now = self._clock()
-        sql = (
-            "UPDATE files SET state = 'pending', attempts = 0, file_store_id = NULL,"
-            " sha256 = NULL, updated_at = ? WHERE state = 'failed'"
-        )
-        with self._transaction() as conn:
-            if relpaths is not None:
-                if folder is None:
-                    raise ValueError("retry_failed: relpaths need a folder")
-                sql += " AND folder = ? AND relpath = ?"
-                return sum(
-                    conn.execute(sql, (now, folder, os.fsencode(p))).rowcount for p in relpaths
-                )
-            if folder is not None:
-                return conn.execute(sql + " AND folder = ?", (now, folder)).rowcount
-            return conn.execute(sql, (now,)).rowcount
-
-    def forget(self, folder: str, relpath: str) -> bool:
-        """Deletes the row of a file that vanished before it was uploaded: only if it is
-        ``pending``, ``ticketed`` or ``failed``. ``put`` and ``reported`` rows are kept
-        (the first owes a report, the second stops a re-upload if the file comes back).
-        Returns True when a row was deleted."""
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "DELETE FROM files WHERE folder = ? AND relpath = ?"
-                " AND state IN ('pending', 'ticketed', 'failed')",
-                (folder, os.fsencode(relpath)),
-            )
-            return cursor.rowcount > 0
-
-    # --- internals --------------------------------------------------------------------
-
-    def _error(self, exc: BaseException) -> LedgerError:
+    def error(self, exc: BaseException) -> LedgerError:
         return LedgerError(f"ledger {self.path}: {exc}")
 
-    def _illegal(self, cur: Entry, op: str, why: str) -> IllegalTransition:
-        return IllegalTransition(
-            f"ledger {self.path}: {op}: {cur.folder!r} {cur.relpath!r} is {cur.state}: {why}"
-        )
-
-    def _advance(
-        self,
-        conn: sqlite3.Connection,
-        op: str,
-        state: State,
-        file_store_id: str | None,
-        folder: str,
-        relpath: str,
-        assignments: str,
-        values: tuple[object, ...],
-    ) -> None:
-        """Applies ``assignments`` to the row if it is in ``state`` (and holds the given
-        ticket); raises IllegalTransition, explaining why, when it is not."""
-        # One conditional UPDATE does the check and the write; the row is read only to
-        # explain a refusal.
-        if conn.execute(
-            f"UPDATE files SET {assignments} WHERE folder = ? AND relpath = ?"
-            " AND state = ? AND (? IS NULL OR file_store_id = ?)",
-            (*values, folder, os.fsencode(relpath), str(state), file_store_id, file_store_id),
-        ).rowcount:
-            return
-        self._require(_fetch(conn, folder, relpath), op, state, file_store_id, folder, relpath)
-        raise AssertionError(f"{op}: the row met the conditions but was not updated")
-
-    def _require(
-        self,
-        cur: Entry | None,
-        op: str,
-        state: State,
-        file_store_id: str | None,
-        folder: str,
-        relpath: str,
-    ) -> None:
-        if cur is None:
-            raise IllegalTransition(f"ledger {self.path}: {op}: no row for {folder!r} {relpath!r}")
-        if cur.state is not state:
-            raise self._illegal(cur, op, f"it must be {state}")
-        if file_store_id is not None and cur.file_store_id != file_store_id:
-            raise self._illegal(
-                cur, op, f"its ticket is {cur.file_store_id!r}, not {file_store_id!r}"
-            )
-
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[sqlite3.Connection]:
         # Reads run in autocommit: each statement sees one consistent snapshot (WAL).
-        with self._lock:
+        with self.lock:
             conn = self._open_conn()
             try:
                 yield conn
             except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+                raise self.error(exc) from exc
 
     @contextlib.contextmanager
-    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails
         # half-way with SQLITE_BUSY after it has read the row it is about to change.
-        with self._lock:
+        with self.lock:
             conn = self._open_conn()
             if self.readonly:
                 raise LedgerError(f"ledger {self.path}: opened read-only")
@@ -745,14 +535,14 @@ class Ledger:
                     raise
                 finally:
                     if durable:
-                        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+                raise self.error(exc) from exc
 
     def _open_conn(self) -> sqlite3.Connection:
-        if self._conn is None:
+        if self.conn is None:
             raise LedgerError(f"ledger {self.path}: closed")
-        return self._conn
+        return self.conn
 
     def _check_schema(self, conn: sqlite3.Connection) -> int | None:
         """Returns the schema version, None for an empty database; raises LedgerError for a
@@ -792,6 +582,430 @@ class Ledger:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+
+_RETRY_FAILED_SQL = (
+    f"UPDATE files SET state = {_target_sql(Op.RETRY_FAILED)}, attempts = 0,"
+    f" file_store_id = NULL, sha256 = NULL, updated_at = ? WHERE {_state_in(Op.RETRY_FAILED)}"
+)
+
+
+def _forget_sql() -> str:
+    if _target(Op.FORGET) is not None:
+        raise ValueError(f"{Op.FORGET} must delete rows")
+    return f"DELETE FROM files WHERE folder = ? AND relpath = ? AND {_state_in(Op.FORGET)}"
+
+
+_FORGET_SQL = _forget_sql()
+
+
+class _LedgerReads:
+    """The read side of :class:`Ledger`: opening, closing and every query. Ledger adds the
+    writes; its docstring is the contract of both."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        """Given the ledger file's path, opens it, creating it and its schema if needed.
+
+        ``clock`` gives the timestamps stored in rows. ``readonly`` opens the file for
+        reading only (for ``hottask-sync status`` while the daemon runs): it never creates
+        anything. ``synchronous`` is the default durability of commits (``mark_put`` is
+        always FULL).
+
+        Raises LedgerError when the file cannot be opened or created, is not a ledger,
+        has a schema newer than this code understands, or (read-only) does not exist.
+        """
+        self.path = Path(path)
+        self.readonly = readonly
+        self._clock = clock
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        if readonly and not self.path.is_file():
+            raise LedgerError(f"no ledger at {self.path} (has the daemon run yet?)")
+        self._store = _Store(self.path, readonly=readonly, synchronous=synchronous)
+
+    @classmethod
+    def in_dir(cls, state_dir: Path, **kw: Any) -> Self:
+        """Given the state directory, returns the ledger ``state_dir / "ledger.sqlite3"``.
+
+        Creates ``state_dir`` (mode 0700: the ledger lists file names) unless opening
+        read-only. Raises LedgerError when the directory cannot be created.
+        """
+        state_dir = Path(state_dir)
+        if not kw.get("readonly", False):
+            try:
+                state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LedgerError(f"ledger {state_dir / LEDGER_FILENAME}: {exc}") from exc
+        return cls(state_dir / LEDGER_FILENAME, **kw)
+
+    def close(self) -> None:
+        """Closes the ledger; idempotent. Later calls raise LedgerError."""
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "ro" if self.readonly else "rw"
+        return f"Ledger({str(self.path)!r}, {mode})"
+
+    @property
+    def _conn(self) -> sqlite3.Connection | None:
+        """The connection (None once closed), for white-box tests."""
+        return self._store.conn
+
+    def get(self, folder: str, relpath: str) -> Entry | None:
+        """Given a folder and a path relative to it, returns its row, or None."""
+        with self._store.reading() as conn:
+            return _fetch(conn, folder, relpath)
+
+    def snapshot(self, folder: str) -> dict[str, tuple[State, FileSig | None, bool]]:
+        """Given a folder, returns ``{relpath: (state, sig, disposed)}`` for all its rows.
+
+        One query, for startup scans: 100,000 rows load in a fraction of a second.
+        """
+        fsdecode = os.fsdecode
+        states = {s.value: s for s in State}
+        u64 = _U64
+        result: dict[str, tuple[State, FileSig | None, bool]] = {}
+        # The hot loop of a startup scan: plain locals and inline conversions, and the
+        # cursor is iterated rather than fetched into a second list first. The four sig
+        # columns are always written together (_sig_params), so checking size is enough.
+        with self._store.reading() as conn:
+            cursor = conn.execute(
+                "SELECT relpath, state, size, mtime_ns, ino, dev, disposed"
+                " FROM files WHERE folder = ?",
+                (folder,),
+            )
+            for relpath, state, size, mtime_ns, ino, dev, disposed in cursor:
+                result[fsdecode(relpath)] = (
+                    states[state],
+                    None
+                    if size is None
+                    else FileSig(
+                        size,
+                        mtime_ns,
+                        ino if ino >= 0 else ino + u64,
+                        dev if dev >= 0 else dev + u64,
+                    ),
+                    disposed == 1,
+                )
+        return result
+
+    def unfinished(self) -> list[Entry]:
+        """Returns the rows in ``put``: uploads whose report is owed. The daemon reports
+        them at start, even when the file is gone (the bytes are already on S3)."""
+        return self.in_state(State.PUT)
+
+    def in_state(self, state: State, limit: int | None = None) -> list[Entry]:
+        """Given a state and an optional limit, returns up to ``limit`` rows in that state,
+        least recently updated first."""
+        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? ORDER BY updated_at, folder, relpath"
+        params: tuple[object, ...] = (State(state).value,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        with self._store.reading() as conn:
+            return [_entry(row) for row in conn.execute(sql, params)]
+
+    def counts(self) -> dict[str, int]:
+        """Returns how many rows are in each state (every State value is a key, 0 when
+        none) plus ``"total"``."""
+        result = {s.value: 0 for s in State}
+        with self._store.reading() as conn:
+            for state, n in conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
+                result[state] = n
+        result["total"] = sum(result.values())
+        return result
+
+    def recent_failures(self, limit: int = 10) -> list[Entry]:
+        """Returns up to ``limit`` rows that failed, hit an error and are not reported yet
+        (still retrying), or were reported but whose after_upload move/delete failed (it is
+        tried again at the next scan), most recently updated first."""
+        with self._store.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM files"
+                " WHERE state = 'failed' OR (last_error IS NOT NULL AND disposed = 0)"
+                " ORDER BY updated_at DESC, folder, relpath LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+
+class Ledger(_LedgerReads):
+    """The SQLite ledger. Thread-safe: one connection used under a lock.
+
+    Every method raises :class:`LedgerError` when the database cannot be read or written,
+    and :class:`IllegalTransition` (a LedgerError) when asked for a state change the state
+    machine (:data:`TRANSITIONS`) forbids. A ledger opened with ``readonly=True`` raises
+    LedgerError on any write. The reads and the constructor are inherited.
+    """
+
+    # Each write is an operation of TRANSITIONS.
+    #
+    # Durability: commits run with synchronous=NORMAL, so the last few can be lost to a
+    # power cut (never to a process crash). That is harmless for every transition except
+    # mark_put, because losing one only sends a file back to an earlier state and plan()
+    # redoes the work from there:
+    #   - add_pending / mark_pending / record_error / retry_failed / forget lost: the next
+    #     scan or attempt re-derives them; at worst an error count is off by one.
+    #   - mark_ticketed lost: the row is pending again and a new ticket is fetched; the
+    #     first ticket was never reported, so it is an orphan, not a duplicate.
+    #   - mark_reported lost: the row is put again and the same FileStoreId is reported a
+    #     second time; that is one file in HotTask, not two.
+    #   - mark_disposed lost: the move/delete is redone (plan says DISPOSE).
+    # Losing mark_put is not harmless: the row would fall back to ticketed, the file would
+    # be uploaded under a new ticket and reported, while the caller may already have
+    # reported the first ticket. So mark_put is committed with synchronous=FULL.
+    #
+    # A row that enters pending always loses its ticket and hash (file_store_id and
+    # sha256 NULL): a pending row is uploaded afresh.
+
+    def add_pending(self, items: Iterable[tuple[str, str, FileSig]]) -> None:
+        """Given ``(folder, relpath, sig)`` triples, records them as pending in ONE
+        transaction (all or nothing).
+
+        A path without a row gets a new pending row. An existing row is reset to pending
+        (attempts and errors cleared, file_store_id/sha256 NULL, disposed 0) only when it
+        records a different version than ``sig`` (or none). Rows of the same version are
+        left alone whatever their state, and ``put`` rows are never touched (they owe a
+        report; plan() says REPORT for them). Raises LedgerError when it cannot commit.
+        """
+        now = self._clock()
+
+        def params() -> Iterator[tuple[object, ...]]:
+            for folder, relpath, sig in items:
+                yield (
+                    folder,
+                    os.fsencode(relpath),
+                    _to_u64(sig.dev),
+                    _to_u64(sig.ino),
+                    sig.size,
+                    sig.mtime_ns,
+                    now,
+                    now,
+                )
+
+        with self._store.transaction() as conn:
+            conn.executemany(_ADD_PENDING_SQL, params())
+
+    def mark_ticketed(self, folder: str, relpath: str, sig: FileSig, file_store_id: str) -> None:
+        """Records that GetPreUploadUrl gave ``file_store_id`` for version ``sig``, before
+        the PUT starts. Creates the row if needed.
+
+        Allowed from any state but ``put`` (which owes a report of its own ticket: raises
+        IllegalTransition). When the row held another version, or was reported, the attempt
+        counters and last error are reset; otherwise they are kept.
+        """
+        now = self._clock()
+        dev, ino, size, mtime_ns = sig_params = _sig_params(sig)
+        rel = os.fsencode(relpath)
+        with self._store.transaction() as conn:
+            if conn.execute(
+                _MARK_TICKETED_SAME_VERSION_SQL,
+                (dev, file_store_id, now, folder, rel, ino, size, mtime_ns),
+            ).rowcount:
+                return
+            cur = _fetch(conn, folder, relpath)
+            _check(self.path, Op.MARK_TICKETED, cur, folder, relpath)
+            if cur is None:
+                conn.execute(
+                    "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,"
+                    " file_store_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (folder, rel, *sig_params, _created(Op.MARK_TICKETED), file_store_id, now, now),
+                )
+                return
+            new_version = cur.state is State.REPORTED or not sig.same_version(cur.sig)
+            conn.execute(
+                f"UPDATE files SET state = {_target_sql(Op.MARK_TICKETED)},"
+                " dev = ?, ino = ?, size = ?, mtime_ns = ?, file_store_id = ?, sha256 = NULL,"
+                " disposed = 0, reported_at = NULL, attempts = ?, transient_errors = ?,"
+                " last_error = ?, updated_at = ? WHERE folder = ? AND relpath = ?",
+                (
+                    *sig_params,
+                    file_store_id,
+                    0 if new_version else cur.attempts,
+                    0 if new_version else cur.transient_errors,
+                    None if new_version else cur.last_error,
+                    now,
+                    folder,
+                    rel,
+                ),
+            )
+
+    def mark_put(
+        self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
+    ) -> None:
+        """Records that the PUT to S3 succeeded, with the uploaded bytes' SHA-256.
+
+        Only from ``ticketed``; when ``file_store_id`` is given it must also be the recorded
+        ticket. Raises IllegalTransition otherwise (e.g. a rescan reset the row because the
+        file changed: the caller must not report this upload). Committed with
+        synchronous=FULL, so it is on disk before this returns and the caller reports the
+        upload: a power cut cannot undo it. Raises LedgerError when it cannot commit.
+        """
+        now = self._clock()
+        self._advance(
+            Op.MARK_PUT,
+            folder,
+            relpath,
+            "sha256 = ?, updated_at = ?",
+            (sha256, now),
+            file_store_id=file_store_id,
+            durable=True,
+        )
+
+    def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
+        """Records that ReportUploadSuccess succeeded: the file is done.
+
+        Only from ``put`` (and, when ``file_store_id`` is given, only for that ticket);
+        raises IllegalTransition otherwise. Clears ``last_error``; sets ``reported_at``.
+        """
+        now = self._clock()
+        assignments = "reported_at = ?, last_error = NULL, updated_at = ?"
+        self._advance(
+            Op.MARK_REPORTED, folder, relpath, assignments, (now, now), file_store_id=file_store_id
+        )
+
+    def mark_disposed(self, folder: str, relpath: str) -> None:
+        """Records that the after_upload move/delete of a reported file was done.
+
+        Only from ``reported``; raises IllegalTransition otherwise. Idempotent. Clears
+        ``last_error`` (left by a failed earlier try of the move/delete).
+        """
+        now = self._clock()
+        assignments = "disposed = 1, last_error = NULL, updated_at = ?"
+        self._advance(Op.MARK_DISPOSED, folder, relpath, assignments, (now,))
+
+    def mark_pending(self, folder: str, relpath: str, sig: FileSig | None = None) -> None:
+        """Sends a ``pending`` or ``ticketed`` row back to pending (the file changed during
+        the PUT): drops its ticket and hash, records ``sig`` if given, keeps ``attempts``.
+
+        Raises IllegalTransition when there is no row, or it is ``put`` (it owes a report),
+        ``reported`` (a new version goes through add_pending/mark_ticketed) or ``failed``
+        (use retry_failed).
+        """
+        now = self._clock()
+        assignments = "file_store_id = NULL, sha256 = NULL, updated_at = ?"
+        values: tuple[object, ...] = (now,)
+        if sig is not None:
+            assignments += ", dev = ?, ino = ?, size = ?, mtime_ns = ?"
+            values += _sig_params(sig)
+        self._advance(Op.MARK_PENDING, folder, relpath, assignments, values)
+
+    def record_error(
+        self,
+        folder: str,
+        relpath: str,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        fail_now: bool = False,
+        sig: FileSig | None = None,
+    ) -> Entry:
+        """Records an error for a file and returns its row as it now is.
+
+        Transient: ``transient_errors += 1`` and ``last_error = error``; the state is
+        unchanged. Permanent: ``attempts += 1`` and ``last_error = error``; the row becomes
+        ``failed`` when ``fail_now`` or ``attempts >= max_attempts``, otherwise it goes back
+        to ``pending`` (its ticket dropped) to be tried again.
+
+        Two exceptions keep the exactly-once promise: a ``put`` row stays ``put`` until it
+        fails (going back to pending would upload again instead of retrying the report),
+        and a ``reported`` row stays ``reported`` (the error is about the after_upload
+        move/delete; the upload itself is done). A ``failed`` row stays ``failed``.
+        (These are the ``record_error:*`` entries of TRANSITIONS.)
+
+        Without a row, one is created (pending, or failed as above). ``sig``, when given,
+        records the version the error is about, so that plan() can tell whether a failed
+        file changed since; a row without a sig is retried whenever it is seen.
+        Raises ValueError when ``max_attempts < 1``.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        now = self._clock()
+        rel = os.fsencode(relpath)
+        with self._store.transaction() as conn:
+            cur = _fetch(conn, folder, relpath)
+            op = _error_op(cur, permanent=permanent, fail_now=fail_now, max_attempts=max_attempts)
+            target = TRANSITIONS[op].moves[None if cur is None else cur.state]
+            assert target is not None  # record_error never deletes
+            if cur is None:
+                conn.execute(
+                    "INSERT INTO files (folder, relpath, state, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (folder, rel, target.value, now, now),
+                )
+            counter = "attempts" if permanent else "transient_errors"
+            sets = f"state = ?, last_error = ?, updated_at = ?, {counter} = {counter} + 1"
+            values: tuple[object, ...] = (target.value, error, now)
+            if target is State.PENDING:
+                sets += ", file_store_id = NULL, sha256 = NULL"
+            if sig is not None:
+                sets += ", dev = ?, ino = ?, size = ?, mtime_ns = ?"
+                values += _sig_params(sig)
+            conn.execute(
+                f"UPDATE files SET {sets} WHERE folder = ? AND relpath = ?", (*values, folder, rel)
+            )
+            entry = _fetch(conn, folder, relpath)
+            assert entry is not None
+            return entry
+
+    def retry_failed(self, folder: str | None = None, relpaths: Iterable[str] | None = None) -> int:
+        """Sends failed rows back to pending with ``attempts = 0`` (their ticket and hash
+        dropped, so the file is uploaded afresh) and returns how many there were.
+
+        All failed rows; or those of ``folder``; or only ``relpaths`` of ``folder`` (paths
+        that are not failed are ignored). Raises ValueError for ``relpaths`` without a
+        ``folder``.
+        """
+        now = self._clock()
+        sql = _RETRY_FAILED_SQL
+        with self._store.transaction() as conn:
+            if relpaths is not None:
+                if folder is None:
+                    raise ValueError("retry_failed: relpaths need a folder")
+                sql += " AND folder = ? AND relpath = ?"
+                return sum(
+                    conn.execute(sql, (now, folder, os.fsencode(p))).rowcount for p in relpaths
+                )
+            if folder is not None:
+                return conn.execute(sql + " AND folder = ?", (now, folder)).rowcount
+            return conn.execute(sql, (now,)).rowcount
+
+    def forget(self, folder: str, relpath: str) -> bool:
+        """Deletes the row of a file that vanished before it was uploaded: only if it is
+        ``pending``, ``ticketed`` or ``failed``. ``put`` and ``reported`` rows are kept
+        (the first owes a report, the second stops a re-upload if the file comes back).
+        Returns True when a row was deleted."""
+        with self._store.transaction() as conn:
+            return conn.execute(_FORGET_SQL, (folder, os.fsencode(relpath))).rowcount > 0
+
+    def _advance(
+        self,
+        op: Op,
+        folder: str,
+        relpath: str,
+        assignments: str,
+        values: tuple[object, ...],
+        *,
+        file_store_id: str | None = None,
+        durable: bool = False,
+    ) -> None:
+        """One transaction of :func:`_advance_row`: ``op`` on one row, or IllegalTransition."""
+        with self._store.transaction(durable=durable) as conn:
+            _advance_row(conn, self.path, op, folder, relpath, assignments, values, file_store_id)
 
 
 # --- row helpers --------------------------------------------------------------------------

@@ -10,19 +10,26 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hottask_sync import ledger as ledger_module
 from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
 from hottask_sync.ledger import (
+    ACTION_OPS,
     SCHEMA_VERSION,
+    TRANSITIONS,
     Action,
+    Cond,
     Entry,
     IllegalTransition,
     Ledger,
+    Op,
     State,
     plan,
 )
@@ -393,6 +400,204 @@ def test_plan_same_version_ignores_device() -> None:
 @pytest.mark.parametrize("state", [State.FAILED, State.REPORTED])
 def test_plan_unknown_recorded_sig_counts_as_changed(state: State) -> None:
     assert plan(_entry(state, sig=None), SIG, dispose=False) is Action.UPLOAD
+
+
+# --- the transition table -----------------------------------------------------------------
+#
+# TRANSITIONS is the state machine; these tests hold the ledger's real behaviour, plan(),
+# the docstring and the schema to it.
+
+SOURCES: list[State | None] = [None, *State]  # None: no row
+
+
+def _always(source: State | None) -> bool:
+    return True
+
+
+def _never(source: State | None) -> bool:
+    return False
+
+
+def _no_row(source: State | None) -> bool:
+    return source is None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One way of asking for an operation on row (F, "a"), as left by to_state() (version
+    SIG, ticket "fs-a"). ``holds`` says whether the operation's condition holds then."""
+
+    label: str
+    run: Callable[[Ledger], object]
+    holds: Callable[[State | None], bool] = _always
+
+
+def _put(ticket: str | None) -> Callable[[Ledger], object]:
+    return lambda led: led.mark_put(F, "a", "cd" * 32, file_store_id=ticket)
+
+
+def _reported(ticket: str | None) -> Callable[[Ledger], object]:
+    return lambda led: led.mark_reported(F, "a", file_store_id=ticket)
+
+
+def _error(**kw: Any) -> Callable[[Ledger], object]:
+    return lambda led: led.record_error(F, "a", "boom", **kw)
+
+
+CALLS: dict[Op, list[Call]] = {
+    Op.ADD_PENDING: [
+        Call("other version", lambda led: led.add_pending([(F, "a", OTHER)])),
+        Call("same version", lambda led: led.add_pending([(F, "a", SIG)]), _no_row),
+    ],
+    Op.MARK_TICKETED: [
+        Call("same version", lambda led: led.mark_ticketed(F, "a", SIG, "fs-new")),
+        Call("other version", lambda led: led.mark_ticketed(F, "a", OTHER, "fs-new")),
+    ],
+    Op.MARK_PUT: [
+        Call("no ticket", _put(None)),
+        Call("its ticket", _put("fs-a")),
+        Call("stale ticket", _put("fs-stale"), _never),
+    ],
+    Op.MARK_REPORTED: [
+        Call("no ticket", _reported(None)),
+        Call("its ticket", _reported("fs-a")),
+        Call("stale ticket", _reported("fs-stale"), _never),
+    ],
+    Op.MARK_DISPOSED: [Call("", lambda led: led.mark_disposed(F, "a"))],
+    Op.MARK_PENDING: [
+        Call("new sig", lambda led: led.mark_pending(F, "a", OTHER)),
+        Call("keep sig", lambda led: led.mark_pending(F, "a")),
+    ],
+    Op.RETRY_FAILED: [
+        Call("path", lambda led: led.retry_failed(F, ["a"])),
+        Call("folder", lambda led: led.retry_failed(F)),
+        Call("all", lambda led: led.retry_failed()),
+    ],
+    Op.FORGET: [Call("", lambda led: led.forget(F, "a"))],
+    Op.ERROR_TRANSIENT: [Call("", _error(permanent=False, max_attempts=1))],
+    Op.ERROR_RETRY: [Call("", _error(permanent=True, max_attempts=9))],
+    Op.ERROR_FAIL: [
+        Call("fail_now", _error(permanent=True, max_attempts=9, fail_now=True)),
+        Call("last attempt", _error(permanent=True, max_attempts=1)),
+    ],
+}
+
+TABLE_CASES = [
+    pytest.param(op, call, source, id=f"{op}-{call.label}-{source or 'no row'}")
+    for op, calls in CALLS.items()
+    for call in calls
+    for source in SOURCES
+]
+
+
+def test_table_covers_every_operation_and_only_states() -> None:
+    assert list(TRANSITIONS) == list(Op) == list(CALLS)
+    for rule in TRANSITIONS.values():
+        assert rule.moves
+        assert all(s is None or isinstance(s, State) for s in rule.moves)
+        assert all(t is None or isinstance(t, State) for t in rule.moves.values())
+        assert rule.moves.get(None, State.PENDING) is not None  # no row -> no row is no move
+
+
+@pytest.mark.parametrize("op", list(Op))
+def test_calls_exercise_exactly_the_table_conditions(op: Op) -> None:
+    # A condition the table declares must be refused by some call, and a call may only be
+    # refused on an allowed state when the table declares a condition.
+    refused = any(not c.holds(s) for c in CALLS[op] for s in SOURCES if s in TRANSITIONS[op].moves)
+    assert refused is (TRANSITIONS[op].when is not Cond.ALWAYS)
+
+
+@pytest.mark.parametrize(("op", "call", "source"), TABLE_CASES)
+def test_ledger_follows_the_table(ledger: Ledger, op: Op, call: Call, source: State | None) -> None:
+    rule = TRANSITIONS[op]
+    before = None if source is None else to_state(ledger, "a", source)
+    allowed = source in rule.moves and call.holds(source)
+    result: object = None
+    if not allowed and rule.strict:
+        with pytest.raises(IllegalTransition) as info:
+            call.run(ledger)
+        message = str(info.value)
+        assert str(ledger.path) in message and f": {op}: " in message
+        if source is not None and source not in rule.moves:
+            assert f" is {source}: " in message
+            assert all(ledger_module._name(s) in message for s in rule.moves)
+    else:
+        result = call.run(ledger)
+    after = ledger.get(F, "a")
+    if not allowed:  # changes nothing, says so
+        assert after == before
+        assert ledger.counts()["total"] == int(before is not None)
+        assert result in (None, 0, False)
+        return
+    assert (None if after is None else after.state) is rule.moves[source]
+    if op is Op.RETRY_FAILED:
+        assert result == 1
+    elif op is Op.FORGET:
+        assert result is True
+    elif op in (Op.ERROR_TRANSIENT, Op.ERROR_RETRY, Op.ERROR_FAIL):
+        assert result == after
+    else:
+        assert result is None
+
+
+def _do(led: Ledger, op: Op, seen: FileSig, entry: Entry | None) -> None:
+    """Carries out the operation ACTION_OPS gives for a plan() action, as the uploader does."""
+    if op is Op.MARK_TICKETED:
+        led.mark_ticketed(F, "a", seen, "fs-next")
+    elif op is Op.MARK_REPORTED:
+        assert entry is not None
+        led.mark_reported(F, "a", file_store_id=entry.file_store_id)
+    elif op is Op.MARK_DISPOSED:
+        led.mark_disposed(F, "a")
+    else:  # pragma: no cover - a new action needs a case here
+        raise AssertionError(op)
+
+
+PLAN_CASES = [
+    pytest.param(state, disposed, seen, dispose, id=f"{state}-{disposed}-{seen.size}-{dispose}")
+    for state in SOURCES
+    for disposed in ((False, True) if state is State.REPORTED else (False,))
+    for seen in (SIG, OTHER)
+    for dispose in (False, True)
+]
+
+
+@pytest.mark.parametrize(("state", "disposed", "seen", "dispose"), PLAN_CASES)
+def test_plan_only_asks_for_transitions_the_table_allows(
+    ledger: Ledger, state: State | None, disposed: bool, seen: FileSig, dispose: bool
+) -> None:
+    assert set(ACTION_OPS) == set(Action)
+    if state is not None:
+        to_state(ledger, "a", state)
+        if disposed:
+            ledger.mark_disposed(F, "a")
+    before = ledger.get(F, "a")
+    action = plan(before, seen, dispose=dispose)
+    op = ACTION_OPS[action]
+    if op is None:
+        # SKIP/FAILED leave the row as it is, and so must the next rescan: the table's
+        # add_pending condition (another version) does not hold.
+        assert state is not None and TRANSITIONS[Op.ADD_PENDING].when is Cond.NEW_VERSION
+        ledger.add_pending([(F, "a", seen)])
+        assert ledger.get(F, "a") == before
+        return
+    assert state in TRANSITIONS[op].moves, f"plan says {action} from {state}"
+    _do(ledger, op, seen, before)
+    after = ledger.get(F, "a")
+    assert after is not None and after.state is TRANSITIONS[op].moves[state]
+
+
+def test_docstring_shows_the_table() -> None:
+    doc = ledger_module.__doc__
+    assert doc is not None
+    assert ledger_module._render_table() in doc
+    diagram = doc.split("::", 1)[1].split("\n\n")[1]  # the first literal block
+    assert {w for w in diagram.replace("-", " ").split() if w.islower()} >= {s.value for s in State}
+
+
+def test_schema_allows_exactly_the_states() -> None:
+    states = ", ".join(f"'{s}'" for s in State)
+    assert f"CHECK (state IN ({states}))" in ledger_module._SCHEMA_V1[0]
 
 
 # --- resume after a crash -----------------------------------------------------------------
