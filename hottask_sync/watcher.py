@@ -3,13 +3,15 @@
 An event is only a hint that a path may need work; the settle stage decides. The event
 handler runs on watchdog's thread, so it does as little as possible: a deque append and
 a wake-up.
+
+A kernel queue overflow (IN_Q_OVERFLOW: events were lost) is caught where watchdog's
+inotify reader handles it, not from its log output, and becomes one ``on_overflow`` call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,8 +27,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 from watchdog.observers.polling import PollingObserver
 
 from .config import FolderConfig
@@ -63,17 +66,48 @@ class _Handler(FileSystemEventHandler):
             self.sink(self.folder_key, path, event.is_directory)
 
 
-class _OverflowSpotter(logging.Filter):
-    """watchdog only logs a queue overflow; this turns the log line into a rescan."""
+class _OverflowReportingInotifyFD(InotifyFD):
+    """watchdog's inotify reader thread, which also reports a kernel queue overflow.
+
+    Every event read from the inotify descriptor goes through ``handle_event``; the kernel's
+    IN_Q_OVERFLOW (wd -1) is one of them. watchdog handles it first (it rebuilds recursive
+    watches), then ``on_overflow`` is called once, however many folders are watched. Nothing
+    here depends on what watchdog logs about it, or at which level.
+    """
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
         super().__init__()
-        self.on_overflow = on_overflow
+        self._on_overflow = on_overflow
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "overflow" in record.getMessage().lower():
-            self.on_overflow()
-        return True
+    def handle_event(self, event: InotifyEvent) -> None:
+        try:
+            super().handle_event(event)
+        finally:
+            if event.is_queue_overflow:
+                self._report_overflow()
+
+    def _report_overflow(self) -> None:
+        # This runs on the reader thread: an exception escaping would end it, and with it
+        # every later inotify event.
+        try:
+            self._on_overflow()
+        except Exception:
+            log.exception("watch.overflow_callback_failed")
+
+
+class _InotifyObserver(InotifyObserver):
+    """watchdog's InotifyObserver, its emitters reading through ``_OverflowReportingInotifyFD``.
+
+    ``InotifyObserver.__init__`` creates and starts a plain ``InotifyFD`` and hands it to
+    every emitter; this does the same with ours (``on_thread_stop`` stops it as usual).
+    """
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        self._inotify_fd = _OverflowReportingInotifyFD(on_overflow)
+        self._inotify_fd.start()
+        BaseObserver.__init__(
+            self, InotifyEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd
+        )
 
 
 class Watcher:
@@ -81,13 +115,10 @@ class Watcher:
 
     def __init__(self, sink: HintSink, on_overflow: Callable[[], None]) -> None:
         self.sink = sink
-        self._inotify: BaseObserver = Observer()
+        self._inotify: BaseObserver = _InotifyObserver(on_overflow)
         self._polling: BaseObserver | None = None
         self._watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
         self._lock = threading.Lock()
-        self._spotter = _OverflowSpotter(on_overflow)
-        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
-            logging.getLogger(name).addFilter(self._spotter)
 
     def start(self) -> None:
         self._inotify.start()
@@ -165,5 +196,3 @@ class Watcher:
         for observer in (self._inotify, self._polling):
             if observer is not None and observer.is_alive():
                 observer.join(timeout=5)
-        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
-            logging.getLogger(name).removeFilter(self._spotter)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,25 +17,44 @@ import pytest
 import tomli_w
 
 from hottask_sync.emulator import Emulator
+from tests.fakes import clean_env
 
 API_KEY = "test-key-4f1c9a"
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "",
+    *,
+    fail: bool = True,
+    give_up: Callable[[], object] | None = None,
 ) -> Any:
-    """Polls ``condition`` until it returns something truthy; returns that value.
+    """Polls ``condition`` until it returns something truthy, and returns that value.
 
-    Fails the test with ``what`` when ``timeout`` passes first.
+    The one way tests wait: on a monotonic deadline ``timeout`` seconds away, checking
+    every ``interval``, never sleeping past the deadline. When the deadline comes, or
+    ``give_up()`` turns true first (the process that was to make the condition true has
+    exited, say), the condition is checked a last time. Still falsy, the test fails naming
+    ``what``; or, with ``fail=False``, that falsy value is returned: for waits whose point
+    is to let time pass (the condition may be "the daemon exited", to stop early then),
+    or for something that may well not come.
     """
     deadline = time.monotonic() + timeout
+    tick = threading.Event()
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        threading.Event().wait(interval)
+        left = deadline - time.monotonic()
+        if left <= 0 or (give_up is not None and give_up()):
+            value = condition()
+            if value or not fail:
+                return value
+            why = f"timed out after {timeout}s" if left <= 0 else "gave up early"
+            pytest.fail(f"{why} waiting for {what or condition}")
+        tick.wait(min(interval, left))
 
 
 @pytest.fixture
@@ -91,11 +109,19 @@ class DaemonProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in list(self.lines) if line.get("event") == name]
 
+    def exited(self) -> bool:
+        """True once the process has exited and every line it wrote has been read."""
+        return self.proc.poll() is not None and (
+            self._reader is None or not self._reader.is_alive()
+        )
+
     def wait_event(self, name: str, timeout: float = 20.0, count: int = 1) -> list[dict[str, Any]]:
+        """Waits for ``count`` lines of event ``name``; fails at once if the daemon exits."""
         return wait_for(
             lambda: (found := self.events(name)) and len(found) >= count and found,
             timeout,
             what=f"{count} x {name!r} in the daemon log",
+            give_up=self.exited,
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
@@ -131,11 +157,7 @@ def start_daemon(
     wait_ready: bool = True,
 ) -> DaemonProcess:
     """Starts ``hottask-sync run --config CONFIG``; waits for daemon.ready unless told not to."""
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HOTTASK_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_"))
-    }
+    environ = clean_env()
     if key is not None:
         environ["HOTTASK_API_KEY"] = key
     environ.update(env or {})

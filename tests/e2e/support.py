@@ -1,27 +1,17 @@
-"""Helpers shared by the end-to-end tests (the fixtures live in tests/conftest.py)."""
+"""Helpers shared by the end-to-end tests (the fixtures live in tests/conftest.py, the
+fakes and builders in tests/fakes.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import DaemonProcess
-
-STRIPPED_ENV = ("HOTTASK_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without anything that would give the CLI a key or a socket."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
-    env.update(extra)
-    return env
+from tests.fakes import clean_env
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,10 +34,6 @@ def status(config: Path) -> dict[str, Any]:
     return result
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def tree(root: Path) -> dict[str, bytes]:
     """Every regular file below ``root`` (relative path → content); {} if it is missing."""
     out: dict[str, bytes] = {}
@@ -63,21 +49,6 @@ def tree(root: Path) -> dict[str, bytes]:
             except FileNotFoundError:
                 continue  # moved away by the daemon while we walked: no longer in the tree
     return out
-
-
-def run_for(daemon: DaemonProcess, seconds: float) -> None:
-    """Lets the daemon run for ``seconds`` (a monotonic deadline); returns early if it exits.
-
-    Used where the test is about time passing (a random kill moment, a quiet window),
-    never to wait for the system to reach a state.
-    """
-    deadline = time.monotonic() + seconds
-    tick = threading.Event()
-    while daemon.proc.poll() is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        tick.wait(min(0.05, left))
 
 
 def not_json(daemon: DaemonProcess) -> list[str]:

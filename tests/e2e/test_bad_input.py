@@ -21,7 +21,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.e2e.support import clean_env, cli, not_json, sha256, status, tree
+from tests.e2e.support import cli, not_json, status, tree
+from tests.fakes import clean_env, sha256
 
 
 def moving_config(tmp_path: Path, emulator: Emulator, **sync: object) -> tuple[Path, Path, Path]:

@@ -20,6 +20,7 @@ import pytest
 from hottask_sync.emulator import Emulator, Faults, TicketInfo
 from tests.conftest import DaemonProcess, reported_files, start_daemon, wait_for, write_config
 from tests.e2e.support import status
+from tests.fakes import sha256
 
 GRACE = 0.5
 #: daemon.ABORT_WAIT_SECONDS: after the grace period, an aborted PUT gets this to unwind.
@@ -27,10 +28,6 @@ ABORT_WAIT = 5.0
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def payload(name: str, size: int = 4096) -> bytes:
@@ -105,7 +102,7 @@ def test_files_present_before_start_are_uploaded(
     for rel, data in files.items():
         name = os.path.basename(rel)
         assert len(rep[name]) == 1
-        assert emulator.tickets()[rep[name][0]].sha256 == sha(data)
+        assert emulator.tickets()[rep[name][0]].sha256 == sha256(data)
     assert daemon.stop() == 0
 
 
@@ -128,7 +125,7 @@ def test_old_file_present_at_start_is_ready_at_once(
     daemon = launch(procs, config)
 
     rep = wait_reported(emulator, ["old.txt"], timeout=15)
-    assert emulator.tickets()[rep["old.txt"][0]].sha256 == sha(b"old bytes\n")
+    assert emulator.tickets()[rep["old.txt"][0]].sha256 == sha256(b"old bytes\n")
     assert tickets_named(emulator, "fresh.txt") == []  # still settling
     assert daemon.stop() == 0
 
@@ -151,7 +148,7 @@ def test_twenty_files_dropped_at_once_are_each_uploaded_once(
     for name, data in files.items():
         assert len(rep[name]) == 1, f"{name} reported under {rep[name]}"
         info = tickets[rep[name][0]]
-        assert info.sha256 == sha(data)
+        assert info.sha256 == sha256(data)
         assert info.size == len(data)
         assert info.stored_path is not None and info.stored_path.read_bytes() == data
     assert len(tickets) == 20  # no extra tickets: nothing was uploaded twice
@@ -194,7 +191,7 @@ def test_slow_writer_with_short_pauses_is_uploaded_once_with_final_bytes(
 
     wait_for(
         lambda: any(
-            t.sha256 == sha(final) and t.reported_count for t in emulator.tickets().values()
+            t.sha256 == sha256(final) and t.reported_count for t in emulator.tickets().values()
         ),
         what="slow.bin reported with its final bytes",
     )
@@ -231,7 +228,7 @@ def test_part_file_is_never_uploaded_only_its_final_name(
     os.rename(inbox / "report.pdf.part", inbox / "report.pdf")
     rep = wait_reported(emulator, ["report.pdf"])
     assert len(rep["report.pdf"]) == 1
-    assert emulator.tickets()[rep["report.pdf"][0]].sha256 == sha(data)
+    assert emulator.tickets()[rep["report.pdf"][0]].sha256 == sha256(data)
     names = {t.file_name for t in emulator.tickets().values()}
     assert names == {"control.txt", "report.pdf"}
     assert not any(line.get("path", "").endswith(".part") for line in daemon.lines)
@@ -271,7 +268,7 @@ def test_folder_tree_moved_in_and_folder_created_inside_are_uploaded(
     tickets = emulator.tickets()
     for name, data in everything.items():
         assert len(rep[name]) == 1
-        assert tickets[rep[name][0]].sha256 == sha(data)
+        assert tickets[rep[name][0]].sha256 == sha256(data)
     lines = daemon.wait_event("upload.succeeded", count=len(everything))
     succeeded = {line["path"] for line in lines}
     assert succeeded == {f"tree/{rel}" for rel in moved} | set(created)
@@ -305,7 +302,7 @@ def test_unicode_and_odd_names_keep_their_name(
         assert len(rep[name]) == 1
         info = tickets[rep[name][0]]
         assert info.file_name == name
-        assert info.sha256 == sha(payload(name))
+        assert info.sha256 == sha256(payload(name))
         assert info.stored_path is not None and info.stored_path.name == name
     assert daemon.stop() == 0
 
@@ -423,7 +420,7 @@ def test_after_upload_move_and_delete(
     tickets = emulator.tickets()
     for name, data in (("nested.txt", nested), ("clash.txt", clash), ("gone.txt", gone)):
         assert len(rep[name]) == 1
-        assert tickets[rep[name][0]].sha256 == sha(data)
+        assert tickets[rep[name][0]].sha256 == sha256(data)
     assert len(tickets) == 3
     assert daemon.stop() == 0
 
@@ -445,7 +442,7 @@ def test_file_modified_after_report_is_uploaded_again_as_a_new_version(
 
     wait_for(lambda: len(reported_files(emulator).get("doc.txt", [])) >= 2, what="v2 reported")
     tickets = tickets_named(emulator, "doc.txt")
-    assert [t.sha256 for t in tickets] == [sha(v1), sha(v2)]
+    assert [t.sha256 for t in tickets] == [sha256(v1), sha256(v2)]
     assert all(t.reported_count == 1 for t in tickets)
     assert daemon.stop() == 0
 
@@ -492,16 +489,21 @@ def test_status_json_while_running_matches_what_happened(
 # --- 12. one daemon per state_dir ------------------------------------------------------------
 
 
-def test_second_daemon_on_same_state_dir_exits_2(
+def test_second_daemon_on_same_state_dir_exits_3(
     tmp_path: Path, inbox: Path, emulator: Emulator, procs: list[DaemonProcess]
 ) -> None:
+    """"Already running" has its own exit code (3), which the unit restarts after: a
+    daemon that merely started while another was exiting is never left down."""
     config = write_config(tmp_path / "c.toml", emulator.base_url, [{"path": str(inbox)}])
     first = launch(procs, config)
     second = launch(procs, config, wait_ready=False)
-    assert second.proc.wait(timeout=20) == 2
+    assert second.proc.wait(timeout=20) == 3
     assert second._reader is not None
     second._reader.join(timeout=5)
-    lines = [line for line in second.raw if line.strip()]
+    assert [e["event"] for e in second.lines if "event" in e and e["event"] != "<not json>"] == [
+        "state_dir.busy"  # it waited a few seconds for the lock first
+    ]
+    lines = [line["text"] for line in second.lines if line.get("event") == "<not json>"]
     assert len(lines) == 1, lines
     assert "already" in lines[0]
     assert str(first.proc.pid) in lines[0]
@@ -548,7 +550,7 @@ def test_sigterm_during_upload_exits_0_and_restart_completes_it(
     rep = wait_reported(emulator, ["big.bin"], timeout=30)
     assert len(rep["big.bin"]) == 1
     info = emulator.tickets()[rep["big.bin"][0]]
-    assert info.sha256 == sha(big)
+    assert info.sha256 == sha256(big)
     assert info.reported_count == 1
     tickets = tickets_named(emulator, "big.bin")
     others = [t for t in tickets if t.file_store_id != info.file_store_id]
@@ -592,7 +594,7 @@ def test_sigkill_between_put_and_report_resumes_with_same_file_store_id(
     first.kill()
     assert first.proc.returncode == -signal.SIGKILL
     [ticket] = tickets_named(emulator, "crash.bin")
-    assert ticket.sha256 == sha(data)
+    assert ticket.sha256 == sha256(data)
     assert (emulator.calls()["pre"], emulator.calls()["put"]) == (1, 1)
     if deleted_while_down:
         (inbox / "crash.bin").unlink()

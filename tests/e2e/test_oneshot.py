@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import tomli_w
 
-from tests.e2e.support import clean_env, cli
+from tests.e2e.support import cli
+from tests.fakes import clean_env, sha256
 
 KEY = "oneshot-key-77"
 
@@ -72,7 +72,7 @@ def test_emulator_command_and_upload_command_deliver_identical_bytes(tmp_path: P
         assert fsid is not None
         stored = emu_dir / fsid.group(1) / "some.pdf"
         assert stored.read_bytes() == data
-        assert hashlib.sha256(data).hexdigest() in lines[0]
+        assert sha256(data) in lines[0]
         assert [p.stat().st_size for p in emu_dir.glob("*/empty.txt")] == [0]
 
         # A missing file and a wrong key: one line each, exit 1, no traceback, no key shown.

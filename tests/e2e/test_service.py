@@ -33,7 +33,8 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.e2e.support import clean_env, cli
+from tests.e2e.support import cli
+from tests.fakes import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEBACK = "Traceback (most recent call last)"
@@ -62,17 +63,25 @@ class NotifySocket:
     ) -> list[dict[str, str]]:
         """Receives datagrams until ``condition(all messages so far)`` holds; fails at the
         deadline. Returns every message received so far."""
-        deadline = time.monotonic() + timeout
-        while not condition(self.fields()):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}; got {self.fields()}")
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
-            self.messages.append((time.monotonic(), fields))
+
+        def received() -> bool:
+            if condition(self.fields()):
+                return True
+            self.receive_one()  # blocks for at most the socket's 0.1 s timeout
+            return condition(self.fields())
+
+        if not wait_for(received, timeout, interval=0, fail=False):
+            pytest.fail(f"timed out after {timeout}s waiting for {what}; got {self.fields()}")
         return self.fields()
+
+    def receive_one(self) -> None:
+        """Records the next datagram, if one comes within the socket's timeout."""
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return
+        fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
+        self.messages.append((time.monotonic(), fields))
 
     def fields(self) -> list[dict[str, str]]:
         return [f for _, f in self.messages]

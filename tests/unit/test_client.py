@@ -31,7 +31,7 @@ from hottask_sync.errors import (
     TransientError,
     UrlExpired,
 )
-from tests.fakes import StreamingMockTransport
+from tests.fakes import NO_DATA, StreamingMockTransport, envelope, s3_error
 
 BASE = "https://api.hottask.test"
 KEY = "hk_live_Zx81-S3CR3T-api-key"
@@ -46,20 +46,6 @@ PRESIGNED = (
 PRESIGNED_QUERY = PRESIGNED.split("?", 1)[1]
 
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-def envelope(
-    data: object = None, *, success: bool = True, code: int = 200, message: str = ""
-) -> dict[str, object]:
-    body: dict[str, object] = {
-        "Version": "1.0.0",
-        "Success": success,
-        "Code": code,
-        "Message": message,
-    }
-    if data is not None:
-        body["Data"] = data
-    return body
 
 
 def make_client(handler: Handler, clock: Callable[[], float] = lambda: 1000.0) -> HotTaskClient:
@@ -140,7 +126,7 @@ def test_report_success() -> None:
     assert json.loads(request.content) == {"fileStoreID": "123"}
 
 
-def test_set_api_key_changes_later_calls() -> None:
+def test_with_key_sends_the_new_key_and_leaves_the_old_client_alone() -> None:
     keys: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -149,9 +135,10 @@ def test_set_api_key_changes_later_calls() -> None:
 
     with make_client(handler) as client:
         client.report_success("1")
-        client.set_api_key("new-key")
-        client.report_success("2")
-    assert keys == [KEY, "new-key"]
+        renewed = client.with_key("new-key")
+        renewed.report_success("2")
+        client.report_success("3")  # a call under way with the old client keeps its key
+    assert keys == [KEY, "new-key", KEY]
 
 
 def test_invalid_utf8_name_is_sent_as_valid_utf8() -> None:
@@ -345,7 +332,8 @@ def test_malformed_answers(body: bytes, fragment: str) -> None:
 
 
 def test_missing_data() -> None:
-    with make_client(answer(json=envelope())) as client, pytest.raises(PermanentError) as info:
+    handler = answer(json=envelope(NO_DATA))
+    with make_client(handler) as client, pytest.raises(PermanentError) as info:
         client.get_upload_url("a.txt")
     assert "GetPreUploadUrl: answer lacks Data" in str(info.value)
 
@@ -393,14 +381,6 @@ def test_report_data_not_true(data: object) -> None:
 
 
 # --- PUT failures -----------------------------------------------------------------------------
-
-
-def s3_error(code: str, message: str) -> bytes:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message>"
-        "<X-Amz-Expires>600</X-Amz-Expires><RequestId>R1</RequestId></Error>"
-    ).encode()
 
 
 def test_put_expired_url(opened: Callable[[bytes], int]) -> None:
