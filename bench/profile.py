@@ -9,9 +9,10 @@
     Runs ``bench/run.py --only ROW --profile DIR`` (every daemon under ``py-spy record``) and
     prints the summary of each daemon's profile.
 
-``bench/profile.py emulator [--files N] [--threads T]``
+``bench/profile.py emulator [--files N] [--threads T] [--full]``
     Profiles the emulator alone: runs it in this process under ``py-spy record --pid`` while
     the lean client (bench/clients.py) uploads N 4 KiB files on T keep-alive connections.
+    The emulator runs in its bench mode, as in bench/run.py, unless ``--full``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="hottask-profile-emu-"))
     try:
         files = make_files(work / "in", args.files, 4096)
-        emu = Emulator(work / "emu", api_key=API_KEY)
+        emu = Emulator(work / "emu", api_key=API_KEY, bench=not args.full)
         emu.start()
         spec = {
             "mode": "lean",
@@ -173,6 +174,7 @@ def main() -> int:
     p = sub.add_parser("emulator")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--full", action="store_true", help="the full emulator, not its bench mode")
     p.add_argument("--out", default=None)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--thread", default=None)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs, oneshot
+from . import __version__, logs, oneshot, proof
 from .client import HotTaskClient
 from .config import Config, load_config, resolve_api_key
 from .errors import LedgerError, UserError
@@ -19,13 +19,13 @@ from .example import EXAMPLE_CONFIG
 from .folders import check_folders
 from .ledger import LEDGER_FILENAME, Ledger
 from .runtime import run_daemon
-from .statedir import daemon_pid
+from .statedir import check_filesystem, daemon_pid
 
 PROG = "hottask-sync"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    """Runs the CLI; returns the exit code (0 ok, 1 failure, 2 bad input, 3 already running)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_upload)
 
-    p = command("status", "Show the ledger: counts per state, pending files, recent failures.")
+    p = command(
+        "status",
+        "Show the ledger: counts per state, pending files, recent failures; with FILEs, "
+        "whether each is uploaded in its current version, and as what (exit 1 if not).",
+    )
     config_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("files", nargs="*", metavar="FILE")
     p.set_defaults(func=cmd_status)
 
     p = command("retry", "Mark failed files (all, or those named) to be uploaded again.")
@@ -113,7 +118,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
     logs.set_secrets([key.value])
     logs.configure("console", "warning", stream=sys.stderr)
     with HotTaskClient(
-        config.api.base_url, key.value, timeout=config.api.timeout_seconds
+        config.api.base_url,
+        key.value,
+        timeout=config.api.timeout_seconds,
+        allow_insecure_http=config.api.allow_insecure_http,
     ) as client:
         results = oneshot.upload_files(
             client, args.files, max_attempts=config.sync.max_attempts, key_source=key.source
@@ -144,6 +152,8 @@ def _open_ledger(config: Config, readonly: bool) -> Ledger:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.files:
+        return _status_files(config, args.files, as_json=args.json)
     ledger = _open_ledger(config, readonly=True)
     try:
         counts = ledger.counts()
@@ -191,6 +201,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_files(config: Config, names: list[str], *, as_json: bool) -> int:
+    """Prints what the ledger says about each named file; returns 1 unless every one is
+    uploaded in its current version."""
+    ledger = _open_ledger(config, readonly=True)
+    try:
+        proofs = proof.prove(names, ledger, config.folders, lambda name: _locate(config, name))
+    finally:
+        ledger.close()
+    if as_json:
+        print(json.dumps({"files": [p.as_json() for p in proofs]}, ensure_ascii=False))
+    else:
+        for p in proofs:
+            print(p.line())
+    return 0 if all(p.uploaded for p in proofs) else 1
+
+
 def _show(folder: str, relpath: str) -> str:
     return os.path.join(folder, relpath).encode("utf-8", "backslashreplace").decode()
 
@@ -230,11 +256,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _locate(config: Config, name: str) -> tuple[str, str]:
+    """Given a file named on the command line, returns its folder's key and its path
+    relative to that folder; raises UserError when it is in no configured folder.
+
+    The name may reach the folder through its real path or as configured (a link, say): its
+    folders are resolved, its last part is not (a link named is the link). Failing that, it
+    is matched as written, against either spelling. The deepest folder holding it wins: an
+    outer folder may hold an inner one that it excludes.
+    """
     path = os.path.abspath(name)
-    for folder in config.folders:
-        root = str(folder.path)
-        if path.startswith(root + "/"):
-            return folder.key, path[len(root) + 1 :]
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    for candidate in (real, path):
+        found, depth = None, 0
+        for folder in config.folders:
+            for root in filter(None, (folder.path, folder.configured)):
+                prefix = str(root).rstrip("/") + "/"
+                if candidate.startswith(prefix) and len(prefix) > depth:
+                    found, depth = (folder.key, candidate[len(prefix) :]), len(prefix)
+        if found is not None:
+            return found
     raise UserError(f"{name}: not inside any configured folder")
 
 
@@ -253,6 +293,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(
                 f"{config.source}: folders[{i}].move_to {folder.move_to}: not writable by this user"
             )
+    try:
+        check_filesystem(config.sync.state_dir, allow_network=config.sync.allow_network_state_dir)
+    except UserError as exc:
+        problems.append(f"{config.source}: {exc}")
     try:
         key = resolve_api_key(config.api)
     except UserError as exc:

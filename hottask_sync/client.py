@@ -3,6 +3,20 @@
 Two long-lived httpx clients: one for the JSON API (with the Authorization header) and one
 for the presigned S3 PUT (without it: S3 rejects a request that carries both a presigned
 signature and an Authorization header). Transports are injectable for tests.
+
+Two answers get special care:
+
+* A presigned URL on plain ``http://`` is refused (PermanentError) unless its host is a
+  loopback one or insecure HTTP is allowed (``api.allow_insecure_http``): the file's bytes
+  would otherwise travel in clear even though ``base_url`` is https.
+* ReportUploadSuccess answered "already reported" counts as reported. The API page does not
+  say whether a repeated report is accepted, and a repeat happens whenever an answer is lost
+  after the service acted. The page documents no Code for this case, so the **Message**
+  decides: a business error (HTTP 200, ``Success`` false) whose Message says "already
+  reported" or "already been reported" (any case), whatever its Code, unless the Code is an
+  auth (401/403) or server (>= 500) one. A Code alone is not trusted: the Codes seen for
+  other business errors (400, 404, 500) are generic, and taking a real refusal for success
+  would lose the file (never uploaded again); an unrecognised answer stays a visible failure.
 """
 
 from __future__ import annotations
@@ -16,14 +30,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from . import __version__
+from .config import is_loopback_host
 from .errors import AuthError, FileTooLarge, PermanentError, TransientError, UrlExpired
 
 PRE_UPLOAD_PATH = "/chat/User/GetPreUploadUrl"
 REPORT_PATH = "/chat/User/ReportUploadSuccess"
+REPORT_NAME = REPORT_PATH.rsplit("/", 1)[-1]
 
 #: S3's limit for a single PUT.
 MAX_PUT_BYTES = 5 * 1024**3
@@ -34,6 +51,8 @@ URL_SAFETY_MARGIN_SECONDS = 30.0
 CHUNK_SIZE = 1024 * 1024
 
 _QUERY_RE = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
+#: The Message of a ReportUploadSuccess business error meaning "reported before" (see above).
+_ALREADY_REPORTED_RE = re.compile(r"\balready\s+(?:been\s+)?reported\b", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
@@ -69,6 +88,10 @@ class Ticket:
         return now < self.issued_at + URL_LIFETIME_SECONDS - URL_SAFETY_MARGIN_SECONDS
 
 
+class AlreadyReported(PermanentError):
+    """ReportUploadSuccess answered that this FileStoreId was reported before."""
+
+
 class _Abort(Exception):
     """Carries an exception raised by a PUT's chunk callback out through httpx."""
 
@@ -81,6 +104,8 @@ class HotTaskClient:
 
     Given ``base_url`` and the secret ``api_key``, each method performs one call and returns
     its checked result; raises AuthError, UrlExpired, TransientError or PermanentError.
+    ``allow_insecure_http`` lets file bytes go to a presigned ``http://`` URL on a host that is
+    not a loopback one (``api.allow_insecure_http``); by default such a URL is refused.
     """
 
     def __init__(
@@ -93,8 +118,10 @@ class HotTaskClient:
         transport: httpx.BaseTransport | None = None,
         put_transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allow_insecure_http: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.allow_insecure_http = allow_insecure_http
         self._clock = clock
         timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         limits = httpx.Limits(
@@ -165,15 +192,22 @@ class HotTaskClient:
             raise PermanentError(f"GetPreUploadUrl: Data.FileStoreId is {_kind(fsid)}")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise PermanentError("GetPreUploadUrl: Data.PreUploadUrl is not an http(s) URL")
+        self._check_upload_url("GetPreUploadUrl", url)
         return Ticket(str(fsid), url, self._clock())
 
-    def report_success(self, file_store_id: str) -> None:
-        """Marks the upload of ``file_store_id`` successful; returns when the service agreed."""
-        data = self._call(REPORT_PATH, {"fileStoreID": file_store_id})
+    def report_success(self, file_store_id: str) -> bool:
+        """Marks the upload of ``file_store_id`` successful; returns when the service agreed:
+        True when it recorded the report now, False when it answered that this FileStoreId
+        was already reported (a repeat after a lost answer: reported all the same)."""
+        try:
+            data = self._call(REPORT_PATH, {"fileStoreID": file_store_id})
+        except AlreadyReported:
+            return False
         if data is not True:
             raise PermanentError(
                 f"ReportUploadSuccess for {file_store_id}: Data is {_kind(data)}, expected true"
             )
+        return True
 
     def put(
         self,
@@ -190,10 +224,12 @@ class HotTaskClient:
         ``on_chunk`` sees every chunk before it is sent (hashing, throttling, progress); an
         exception it raises aborts the PUT and is re-raised as is. Raises FileTooLarge before
         any I/O for files over 5 GiB, PermanentError when the file is shorter than ``size``,
-        UrlExpired on S3's "Request has expired", TransientError for network faults and 5xx.
+        UrlExpired on S3's "Request has expired", TransientError for network faults and 5xx,
+        and PermanentError before any I/O for a plain-http URL this client may not use.
         """
         if size > MAX_PUT_BYTES:
             raise FileTooLarge(f"{size} bytes is over the 5 GiB limit of one upload")
+        self._check_upload_url("PUT", ticket.url)
 
         def body() -> Iterator[bytes]:
             offset = 0
@@ -225,6 +261,23 @@ class HotTaskClient:
         self._check_put(response)
 
     # --- checking answers ------------------------------------------------------------------
+
+    def _check_upload_url(self, name: str, url: str) -> None:
+        """Raises PermanentError (naming the host, never the query string) for a presigned URL
+        on plain http:// to a host that is not a loopback one, unless insecure HTTP is allowed:
+        the file's bytes would travel in clear."""
+        if self.allow_insecure_http or not url.lower().startswith("http://"):
+            return
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            host = ""
+        if host and is_loopback_host(host):
+            return
+        raise PermanentError(
+            f"{name}: the upload URL is plain http:// (host {host or '?'}): refusing to send "
+            "the file unencrypted; set api.allow_insecure_http = true to allow it"
+        )
 
     def _call(self, path: str, payload: dict[str, Any]) -> Any:
         name = path.rsplit("/", 1)[-1]
@@ -335,6 +388,8 @@ def _check_envelope(name: str, envelope: Any) -> Any:
         raise AuthError(what, code=code)
     if code is not None and code >= 500:
         raise TransientError(what, code=code)
+    if name == REPORT_NAME and isinstance(message, str) and _ALREADY_REPORTED_RE.search(message):
+        raise AlreadyReported(what, code=code)
     raise PermanentError(what, code=code)
 
 

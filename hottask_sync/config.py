@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
+
+import structlog
 
 from .backoff import AUTH_FIRST_PROBE_SECONDS, AUTH_PROBE_CAP_SECONDS
 from .errors import ConfigError, KeyNotFoundError
@@ -80,6 +83,11 @@ def _check_listen(value: str) -> str | None:
         return f'must be "HOST:PORT" like "127.0.0.1:9464", got {value!r}'
     return None
 
+
+#: The longest shutdown grace: with the abort's unwinding and the thread joins after it, a
+#: stop takes at most this + runtime.ABORT_WAIT_SECONDS + runtime.JOIN_SECONDS (checked
+#: against the unit's TimeoutStopSec by a test).
+MAX_SHUTDOWN_GRACE_SECONDS = 20.0
 
 _KEY_PLACES = (
     "The secret key is never written here. It is read, in this order, from:",
@@ -165,6 +173,16 @@ class SyncConfig:
             low=0,
         ),
     )
+    ledger_retention_days: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Days the ledger keeps the row of a file that is gone (moved or deleted after "
+            "upload, or deleted by a user) before forgetting it; `0` = keep forever. A "
+            "forgotten file that comes back is uploaded again.",
+            "number",
+            low=0,
+        ),
+    )
     max_attempts: int = field(
         default=5,
         metadata=_doc(
@@ -177,11 +195,26 @@ class SyncConfig:
     )
     shutdown_grace_seconds: float = field(
         default=10.0,
-        metadata=_doc("Seconds running uploads get to finish on SIGTERM.", "number", low=0),
+        metadata=_doc(
+            "Seconds running uploads get to finish on SIGTERM (then they are cut off, and "
+            "resumed at the next start); at most 20, so that the whole stop fits the unit's "
+            "`TimeoutStopSec=30`.",
+            "number",
+            low=0,
+            high=MAX_SHUTDOWN_GRACE_SECONDS,
+        ),
     )
     bandwidth_limit: int = field(
         default=0,
         metadata=_doc("Bytes per second across all uploads; `0` = no limit.", "int", low=0),
+    )
+    allow_network_state_dir: bool = field(
+        default=False,
+        metadata=_doc(
+            "Allow `state_dir` on a network filesystem (NFS, SMB, ...), where SQLite's "
+            "write-ahead log is unsafe: refused unless set.",
+            "bool",
+        ),
     )
 
 
@@ -233,7 +266,12 @@ _GLOB_RULES = (
 @dataclass(frozen=True)
 class FolderConfig:
     path: Path = field(
-        metadata=_doc("Absolute path of a folder to watch.", "path", shown="/srv/hottask/inbox")
+        metadata=_doc(
+            "Absolute path of a folder to watch; links in it are resolved once, at load. "
+            "Folders must not overlap, unless the outer one excludes the inner.",
+            "path",
+            shown="/srv/hottask/inbox",
+        )
     )
     recursive: bool = field(default=True, metadata=_doc("Watch subfolders too.", "bool"))
     include: tuple[str, ...] = field(
@@ -262,11 +300,23 @@ class FolderConfig:
         metadata=_doc("Poll instead of inotify (network shares: NFS, SMB).", "bool"),
     )
     selector: Selector = field(default_factory=Selector, compare=False, repr=False)
+    #: The path as written in the config (normalised), when it differs from ``path``, the
+    #: real folder it leads to (through a link, say); None when they are the same. For
+    #: messages, and to find ledger rows recorded under that spelling by older versions.
+    configured: Path | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
-        """The folder's identity in the ledger: its configured absolute path."""
+        """The folder's identity in the ledger: its real absolute path (links resolved at
+        load), so another spelling of the same folder is the same folder."""
         return str(self.path)
+
+    @property
+    def shown(self) -> str:
+        """The folder for a message: as configured, and where it really is if elsewhere."""
+        if self.configured is None:
+            return str(self.path)
+        return f"{self.configured} (resolves to {self.path})"
 
 
 @dataclass(frozen=True)
@@ -569,19 +619,13 @@ def _read_folders(r: _Reader, data: Mapping[str, Any]) -> tuple[FolderConfig, ..
         return ()
     if not raw:
         r.problem("folders", "at least one [[folders]] table with a path is required")
-    folders: list[FolderConfig] = []
+    folders: list[tuple[int, FolderConfig]] = []  # with their index in the file
     for i, t in enumerate(raw):
         folder = _read_folder(r, t, f"folders[{i}]")
         if folder is not None:
-            folders.append(folder)
-    seen: dict[Path, int] = {}
-    for i, f in enumerate(folders):
-        if f.path in seen:
-            r.problem(
-                f"folders[{i}].path", f"{f.path} is already configured as folders[{seen[f.path]}]"
-            )
-        seen.setdefault(f.path, i)
-    return tuple(folders)
+            folders.append((i, folder))
+    _check_overlaps(r, folders)
+    return tuple(folder for _, folder in folders)
 
 
 def _read_folder(r: _Reader, t: Mapping[str, Any], prefix: str) -> FolderConfig | None:
@@ -592,7 +636,11 @@ def _read_folder(r: _Reader, t: Mapping[str, Any], prefix: str) -> FolderConfig 
         r.problem(f"{prefix}.path", "required (the absolute path of a folder to watch)")
     elif raw_path is not None and not Path(raw_path).is_absolute():
         r.problem(f"{prefix}.path", f"must be an absolute path, got {raw_path!r}")
-    path = Path(os.path.normpath(raw_path)) if raw_path and Path(raw_path).is_absolute() else None
+    absolute = bool(raw_path) and Path(raw_path).is_absolute()
+    # The real folder is its identity (and what is watched): resolved once, here. A part
+    # that does not exist yet is kept as written (the daemon waits for the folder).
+    path = Path(os.path.realpath(raw_path)) if absolute else None
+    configured = Path(os.path.normpath(raw_path)) if absolute else None
     move_to_raw = values["move_to"]
     values["move_to"] = Path(os.path.normpath(move_to_raw)) if move_to_raw else None
     values["selector"] = Selector.of(values["include"], values["exclude"])
@@ -600,13 +648,15 @@ def _read_folder(r: _Reader, t: Mapping[str, Any], prefix: str) -> FolderConfig 
     if path is None:
         return None
     values["path"] = path
+    values["configured"] = configured if configured != path else None
     return FolderConfig(**values)
 
 
 def _check_move_to(
     r: _Reader, prefix: str, path: Path | None, raw: str | None, values: dict[str, Any]
 ) -> None:
-    """Reports a move_to that is missing, unused, relative, or inside the folder unexcluded."""
+    """Reports a move_to that is missing, unused, relative, or inside the folder unexcluded
+    (compared as real paths: ``path`` is the folder's)."""
     after, move_to, selector = values["after_upload"], values["move_to"], values["selector"]
     key = f"{prefix}.move_to"
     if after == "move" and move_to is None:
@@ -618,16 +668,60 @@ def _check_move_to(
     elif not move_to.is_absolute():
         r.problem(key, f"must be an absolute path, got {raw!r}")
     elif path is not None:
-        if move_to == path:
+        real = Path(os.path.realpath(move_to))
+        if real == path:
             r.problem(key, "must not be the watched folder itself")
-        elif move_to.is_relative_to(path):
-            rel = move_to.relative_to(path).as_posix()
+        elif real.is_relative_to(path):
+            rel = real.relative_to(path).as_posix()
             if not selector.excluded_dir(rel) and not is_partial_or_hidden(rel):
                 r.problem(
                     key,
                     f"is inside the watched folder; add {rel!r} to {prefix}.exclude "
                     "or choose a folder outside it",
                 )
+
+
+def _check_overlaps(r: _Reader, folders: list[tuple[int, FolderConfig]]) -> None:
+    """Reports two entries naming the same real folder, and a folder inside another that
+    does not exclude it (its files would be uploaded twice): at most one problem per entry,
+    at the later one's key, naming both entries' keys and paths."""
+    for n, (j, later) in enumerate(folders):
+        for i, earlier in folders[:n]:
+            if (message := _overlap(i, earlier, j, later)) is not None:
+                r.problem(f"folders[{j}].path", message)
+                break
+
+
+def _overlap(i: int, earlier: FolderConfig, j: int, later: FolderConfig) -> str | None:
+    """Returns what is wrong with ``later`` (folders[j]) beside ``earlier`` (folders[i])."""
+    other = f"folders[{i}].path {earlier.shown}"
+    if later.path == earlier.path:
+        return f"{later.shown} is already configured as {other}"
+    if later.path.is_relative_to(earlier.path) and not _keeps_out(earlier, later):
+        return f"{later.shown} is inside {other}; {_overlap_hint(i, earlier, later)}"
+    if earlier.path.is_relative_to(later.path) and not _keeps_out(later, earlier):
+        return f"{later.shown} contains {other}; {_overlap_hint(j, later, earlier)}"
+    return None
+
+
+def _keeps_out(outer: FolderConfig, inner: FolderConfig) -> bool:
+    """Returns True when ``outer`` never takes a file inside ``inner`` (a folder below it):
+    it is not recursive, or it never descends into the inner folder or one on the way."""
+    if not outer.recursive:
+        return True  # it takes no file below a folder of its own
+    parts = inner.path.relative_to(outer.path).parts
+    return any(
+        not outer.selector.may_descend("/".join(parts[:k])) for k in range(1, len(parts) + 1)
+    )
+
+
+def _overlap_hint(index: int, outer: FolderConfig, inner: FolderConfig) -> str:
+    """Returns why an overlap is wrong and the exclude (anchored to the root) that fixes it."""
+    rel = inner.path.relative_to(outer.path).as_posix()
+    return (
+        f"its files would be uploaded twice: add {'/' + rel + '/'!r} to folders[{index}].exclude "
+        "or remove one of them"
+    )
 
 
 # --- the secret key ------------------------------------------------------------------------
@@ -651,14 +745,18 @@ def key_places(api: ApiConfig, environ: Mapping[str, str]) -> list[str]:
 def resolve_api_key(api: ApiConfig, environ: Mapping[str, str] | None = None) -> ApiKey:
     """Returns the API key, from api.api_key_file, else $HOTTASK_API_KEY, else the credential.
 
-    Raises KeyNotFoundError when the configured file is unreadable or empty, or when the key is
-    found nowhere (the message names all three places). The key itself is never in a message.
+    Surrounding whitespace is stripped; what is left must be one token of printable ASCII.
+    Raises KeyNotFoundError (exit 2) when the configured file is unreadable or empty, when the
+    key found is malformed (more than one line, whitespace inside, a character that is not
+    printable ASCII), or when it is found nowhere (the message names all three places). Every
+    message names the file or variable; the key itself is never in a message.
     """
     env = os.environ if environ is None else environ
     if api.api_key_file is not None:
         return ApiKey(_read_key_file(api.api_key_file, "api.api_key_file"), str(api.api_key_file))
-    if (value := env.get(KEY_ENV, "").strip()) != "":
-        return ApiKey(value, f"${KEY_ENV}")
+    raw = env.get(KEY_ENV, "").encode("utf-8", "surrogateescape").strip()
+    if raw:
+        return ApiKey(_checked_key(raw, f"${KEY_ENV}"), f"${KEY_ENV}")
     if creds := env.get("CREDENTIALS_DIRECTORY"):
         cred = Path(creds) / CREDENTIAL_NAME
         if cred.exists():
@@ -666,15 +764,70 @@ def resolve_api_key(api: ApiConfig, environ: Mapping[str, str] | None = None) ->
     raise KeyNotFoundError("no API key found; looked in " + ", ".join(key_places(api, env)))
 
 
+#: No key is this long: a bigger file is the wrong file, and is not read whole.
+MAX_KEY_BYTES = 16 * 1024
+_KEY_RULE = "the key must be one line of printable ASCII with no spaces inside"
+#: (path, mode) pairs already warned about: the key is read again on every reload and
+#: before every auth probe, and one warning per file and mode is enough.
+_warned_modes: set[tuple[str, int]] = set()
+
+
 def _read_key_file(path: Path, what: str) -> str:
+    """Returns the key held in ``path`` (``what`` names it in errors), checked as
+    :func:`resolve_api_key` says; warns once when the file is readable by group or others."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        # Non-blocking: a FIFO put there must not hang the reader (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise KeyNotFoundError(f"{what} {path}: not a regular file")
+            raw = os.read(fd, MAX_KEY_BYTES + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise KeyNotFoundError(f"{what} {path}: no such file") from None
     except PermissionError:
         raise KeyNotFoundError(f"{what} {path}: permission denied") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise KeyNotFoundError(f"{what} {path}: cannot read ({type(exc).__name__})") from None
-    if not value:
+    if len(raw) > MAX_KEY_BYTES:
+        raise KeyNotFoundError(f"{what} {path}: over {MAX_KEY_BYTES} bytes, not a key file")
+    raw = raw.strip()
+    if not raw:
         raise KeyNotFoundError(f"{what} {path}: file is empty")
+    value = _checked_key(raw, f"{what} {path}")
+    _warn_if_exposed(path, mode)
     return value
+
+
+def _checked_key(raw: bytes, where: str) -> str:
+    """Given a key stripped of surrounding whitespace, returns it as text; raises
+    KeyNotFoundError naming ``where`` (never the key) unless it is one printable-ASCII token.
+
+    Sent as is, a malformed key is refused by the HTTP library with a message that quotes it
+    escaped (``b'sk-1\\nsk-2'``), which redaction of the literal key does not catch.
+    """
+    if b"\n" in raw or b"\r" in raw:
+        why = "it has more than one line"
+    elif any(byte in b" \t\v\f" for byte in raw):
+        why = "it has whitespace inside"
+    elif not all(0x21 <= byte <= 0x7E for byte in raw):
+        why = "it has a character that is not printable ASCII"
+    else:
+        return raw.decode("ascii")
+    raise KeyNotFoundError(f"{where}: {_KEY_RULE}; {why}")
+
+
+def _warn_if_exposed(path: Path, mode: int) -> None:
+    """Logs a warning, once per file and mode, when the key file is readable by group or
+    others: like ssh with a private key, though the key is still used."""
+    if not mode & (stat.S_IRGRP | stat.S_IROTH) or (str(path), mode) in _warned_modes:
+        return
+    _warned_modes.add((str(path), mode))
+    structlog.get_logger("hottask_sync.config").warning(
+        "key.file_exposed",
+        path=str(path),
+        mode=f"{stat.S_IMODE(mode):04o}",
+        hint=f"readable by group or others; chmod 600 {path}",
+    )

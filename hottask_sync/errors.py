@@ -36,9 +36,14 @@ class KeyNotFoundError(UserError):
 
 
 class LockedError(UserError):
-    """Another daemon holds the state directory's lock."""
+    """Another daemon holds the state directory's lock ("already running").
 
-    exit_code = 2
+    Its own exit code, 3, not 2 (bad input): the holder may be a previous instance still
+    exiting, so a service manager should try again later (the systemd unit prevents
+    restarts on 2 only).
+    """
+
+    exit_code = 3
 
 
 class LedgerError(HottaskSyncError):

@@ -1,5 +1,9 @@
 """The watched folders on disk: checking them, listing them without following links, and
-keeping their watches up while they go missing, come back or are replaced."""
+keeping their watches up while they go missing, come back or are replaced.
+
+A folder is watched at its real path, resolved once when the config is loaded
+(:class:`~hottask_sync.config.FolderConfig`): inotify then sees the folder itself, not a link
+to it, and the ledger knows it by that one path however it is spelled in the config."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from .config import Config, FolderConfig
 from .files import FileSig
+from .ledger import Ledger
 from .logs import get_logger
 from .scheduler import Kind
 from .watcher import Watcher
@@ -23,7 +28,7 @@ def check_folders(config: Config) -> list[str]:
     """Returns one problem line per watched folder that is not a readable directory."""
     problems = []
     for i, folder in enumerate(config.folders):
-        where = f"{config.source}: folders[{i}].path {folder.path}"
+        where = f"{config.source}: folders[{i}].path {folder.shown}"
         try:
             st = os.stat(folder.path)
         except FileNotFoundError:
@@ -111,6 +116,28 @@ def hint_sightings(folder: FolderConfig, path: str, is_dir: bool) -> Iterator[Si
         yield (rel, *seen)
 
 
+def adopt_spellings(ledger: Ledger, folders: Iterable[FolderConfig]) -> None:
+    """Carries the ledger rows each folder has under its configured spelling over to its
+    real path (its key), so that a folder configured through a link, recorded under that
+    spelling before keys were resolved, is not uploaded again. Rows already under the real
+    path win. Run at start, before the ledger is read for anything else."""
+    for folder in folders:
+        if folder.configured is None:
+            continue
+        moved = ledger.adopt_folder(str(folder.configured), folder.key)
+        if moved:
+            log.info(
+                "folder.adopted", folder=folder.key, configured=str(folder.configured), rows=moved
+            )
+
+
+def relinked(folder: FolderConfig) -> str | None:
+    """Returns where the folder's path leads now when that is not the path itself (a link
+    on the way appeared or changed since the config was loaded); None when it is real."""
+    now = os.path.realpath(folder.path)
+    return None if now == str(folder.path) else now
+
+
 def _dir_id(path: object) -> tuple[int, int] | None:
     try:
         st = os.stat(path)  # type: ignore[arg-type]
@@ -126,13 +153,19 @@ class FolderWatches:
         self.watcher = watcher
         self.missing: set[str] = set()
         self._ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) watched
+        self._relinked: set[str] = set()  # missing because relinked, and said so
 
     def watch(self, folder: FolderConfig) -> bool:
-        """Starts watching ``folder``; returns False (and logs why) when it cannot."""
+        """Starts watching ``folder`` at its real path; returns False (and logs why) when it
+        cannot: it is missing, or its path now leads through a link elsewhere."""
         self.missing.discard(folder.key)
         if not folder.path.is_dir():
             self.missing.add(folder.key)
             log.error("folder.missing", folder=folder.key, hint="will watch it when it appears")
+            return False
+        if (now := relinked(folder)) is not None:
+            self.missing.add(folder.key)
+            self._note_relinked(folder, now)
             return False
         folder_id = _dir_id(folder.path)
         try:
@@ -142,13 +175,23 @@ class FolderWatches:
             log.error("folder.unwatchable", folder=folder.key, error=exc.strerror)
             return False
         self._ids[folder.key] = folder_id
-        log.info("folder.watching", folder=folder.key, mode=how, recursive=folder.recursive)
+        self._relinked.discard(folder.key)
+        spelled = {} if folder.configured is None else {"configured": str(folder.configured)}
+        log.info(
+            "folder.watching",
+            folder=folder.key,
+            path=str(folder.path),
+            **spelled,
+            mode=how,
+            recursive=folder.recursive,
+        )
         return True
 
     def unwatch(self, folder_key: str) -> None:
         self.watcher.remove(folder_key)
         self.missing.discard(folder_key)
         self._ids.pop(folder_key, None)
+        self._relinked.discard(folder_key)
 
     def reconcile(self, running: Iterable[FolderConfig], wanted: Iterable[FolderConfig]) -> None:
         """After a reload: drops the watches of removed folders, (re)watches new or changed
@@ -164,23 +207,52 @@ class FolderWatches:
 
     def check(self, folders: Iterable[FolderConfig]) -> list[FolderConfig]:
         """Notices folders that went missing, came back or were replaced; returns the
-        ones to scan now (back, or replaced and watched anew)."""
+        ones to scan now (back, or replaced and watched anew). A folder whose path now
+        leads through a link elsewhere counts as missing (and is said so once)."""
         rescan = []
         for folder in folders:
-            present = folder.path.is_dir()
-            if folder.key in self.missing and present:
-                log.info("folder.back", folder=folder.key)
-                if self.watch(folder):
-                    rescan.append(folder)
-            elif folder.key not in self.missing and not present:
+            now = relinked(folder)
+            present = now is None and folder.path.is_dir()
+            if folder.key in self.missing:
+                if present:
+                    log.info("folder.back", folder=folder.key)
+                    if self.watch(folder):
+                        rescan.append(folder)
+                elif now is not None and os.path.isdir(now):
+                    self._note_relinked(folder, now)
+            elif not present:
                 # Unmounted or deleted: nothing is taken as deleted; wait for it to return.
                 self.missing.add(folder.key)
                 self.watcher.remove(folder.key)
-                log.error("folder.missing", folder=folder.key, hint="will resume when it returns")
-            elif present and self._ids.get(folder.key) not in (None, _dir_id(folder.path)):
+                if now is not None and os.path.isdir(now):
+                    self._note_relinked(folder, now)
+                else:
+                    log.error(
+                        "folder.missing", folder=folder.key, hint="will resume when it returns"
+                    )
+            elif self._ids.get(folder.key) not in (None, _dir_id(folder.path)):
                 # Replaced between two checks (moved away and created again, a restore): the
                 # watch still follows the old folder. Watch the new one and look into it.
                 log.warning("folder.replaced", folder=folder.key, hint="watching the new folder")
                 if self.watch(folder):
                     rescan.append(folder)
         return rescan
+
+    def _note_relinked(self, folder: FolderConfig, now: str) -> None:
+        """Logs, once until it is watched again, that the folder's path now leads elsewhere.
+
+        Its identity (the ledger's key) and its watch are the real path resolved at load:
+        following the new link silently would file another folder's files under this one's
+        key. A reload (or restart) resolves the path again.
+        """
+        if folder.key in self._relinked:
+            return
+        self._relinked.add(folder.key)
+        log.error(
+            "folder.relinked",
+            folder=folder.key,
+            configured=str(folder.configured or folder.path),
+            now=now,
+            hint="its path now leads through a link to another folder; reload the config "
+            "(systemctl reload hottask-sync) to watch that one",
+        )

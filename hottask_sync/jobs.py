@@ -24,7 +24,9 @@ class Job:
     """A file to take through the pipeline.
 
     ``settled`` is the version that settled (None for a report resumed from the ledger);
-    ``probe`` marks the one job allowed to call the API while uploads are paused for auth.
+    ``probe`` marks the one job allowed to call the API while uploads are paused for auth;
+    ``orphan`` marks a report owed for a folder no longer configured (its file is never
+    opened, moved or deleted: ``folder`` then only names it).
     """
 
     folder: FolderConfig
@@ -33,6 +35,7 @@ class Job:
     ticket: Ticket | None = field(default=None, repr=False)  # a URL we may PUT to again
     settled: FileSig | None = None
     probe: bool = False
+    orphan: bool = False
 
     @property
     def key(self) -> Key:

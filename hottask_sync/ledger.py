@@ -17,9 +17,11 @@ this copy in step)::
     mark_put                ticketed -> put [same ticket]
     mark_reported           put -> reported [same ticket]
     mark_disposed           reported -> reported
+    mark_verified           reported -> reported
     mark_pending            pending ticketed -> pending
     retry_failed            failed -> pending *
     forget                  pending ticketed failed -> (deleted) *
+    prune                   reported failed -> (deleted) *
     record_error:transient  (none) -> pending; pending ticketed put reported failed unchanged
     record_error:retry      (none) ticketed -> pending; pending put reported failed unchanged
     record_error:fail       (none) pending ticketed put -> failed; reported failed unchanged
@@ -61,7 +63,7 @@ from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
 
 #: The schema this code writes. Bump it with a migration in ``_Store._init_schema``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 LEDGER_FILENAME = "ledger.sqlite3"
 
@@ -114,6 +116,7 @@ class Action(enum.Enum):
     UPLOAD = "upload"  # start from GetPreUploadUrl
     REPORT = "report"  # call ReportUploadSuccess with the recorded file_store_id
     DISPOSE = "dispose"  # reported, but the after_upload move/delete was cut off
+    VERIFY = "verify"  # reported, only its ctime changed: compare the bytes with the hash
     FAILED = "failed"  # failed permanently and unchanged since: leave it alone
 
 
@@ -129,6 +132,10 @@ def plan(entry: Entry | None, sig: FileSig, *, dispose: bool) -> Action:
     - ``reported``, same version: SKIP, or DISPOSE when disposal is configured and was not
       done yet (a move/delete cut off by a crash). A disposed row seen again with the same
       version (same inode, size and mtime: the very file moved back) is also SKIP.
+    - ``reported``, only the ctime differs (same size, mtime and inode) and a hash is on
+      record: VERIFY. A ``chmod`` changes the ctime and nothing else; a copy that reused
+      the inode with the same size and mtime (``cp -p``, ``tar -x``) changes the bytes:
+      only the bytes can tell them apart.
     - ``reported``, different version: UPLOAD (a new version, or a new file at a path whose
       old file was moved away).
     - ``failed``: FAILED while unchanged; UPLOAD once it changed.
@@ -147,7 +154,8 @@ def plan(entry: Entry | None, sig: FileSig, *, dispose: bool) -> Action:
     same = sig.same_version(entry.sig)
     if state is State.REPORTED:
         if not same:
-            return Action.UPLOAD
+            verifiable = entry.sha256 is not None and sig.same_but_ctime(entry.sig)
+            return Action.VERIFY if verifiable else Action.UPLOAD
         if dispose and not entry.disposed:
             return Action.DISPOSE
         return Action.SKIP
@@ -167,9 +175,11 @@ class Op(enum.StrEnum):
     MARK_PUT = "mark_put"
     MARK_REPORTED = "mark_reported"
     MARK_DISPOSED = "mark_disposed"
+    MARK_VERIFIED = "mark_verified"
     MARK_PENDING = "mark_pending"
     RETRY_FAILED = "retry_failed"
     FORGET = "forget"
+    PRUNE = "prune"
     ERROR_TRANSIENT = "record_error:transient"  # permanent=False
     ERROR_RETRY = "record_error:retry"  # permanent, attempts left
     ERROR_FAIL = "record_error:fail"  # permanent, fail_now or attempts >= max_attempts
@@ -222,9 +232,13 @@ TRANSITIONS: Final[Mapping[Op, Rule]] = MappingProxyType({
     Op.MARK_PUT:        Rule({_T: _U}, Cond.SAME_TICKET),
     Op.MARK_REPORTED:   Rule({_U: _R}, Cond.SAME_TICKET),
     Op.MARK_DISPOSED:   Rule({_R: _R}),
+    Op.MARK_VERIFIED:   Rule({_R: _R}),
     Op.MARK_PENDING:    Rule({_P: _P, _T: _P}),
     Op.RETRY_FAILED:    Rule({_F: _P}, strict=False),
     Op.FORGET:          Rule({_P: _NO_ROW, _T: _NO_ROW, _F: _NO_ROW}, strict=False),
+    # Rows of files that are gone (disposed of, or deleted by a user), after the retention
+    # period: a file that comes back is then a new one.
+    Op.PRUNE:           Rule({_R: _NO_ROW, _F: _NO_ROW}, strict=False),
     # A put row stays put until it fails (going back to pending would upload it again
     # instead of retrying the report); a reported row stays reported (the error is about
     # the after_upload move/delete, the upload itself is done).
@@ -241,6 +255,7 @@ ACTION_OPS: Final[Mapping[Action, Op | None]] = MappingProxyType(
         Action.UPLOAD: Op.MARK_TICKETED,
         Action.REPORT: Op.MARK_REPORTED,
         Action.DISPOSE: Op.MARK_DISPOSED,
+        Action.VERIFY: Op.MARK_VERIFIED,
         Action.SKIP: None,
         Action.FAILED: None,
     }
@@ -409,40 +424,48 @@ _SCHEMA_V1 = (
     "CREATE INDEX files_state ON files (state)",
 )
 
+#: Version 2 keeps the inode change time with the rest of a file's signature (NULL in rows
+#: recorded before: FileSig.same_version then leaves it out).
+_MIGRATE_TO_V2 = ("ALTER TABLE files ADD COLUMN ctime_ns INTEGER",)
+
 _COLUMNS = (
-    "folder, relpath, state, dev, ino, size, mtime_ns, sha256, file_store_id, attempts,"
+    "folder, relpath, state, dev, ino, size, mtime_ns, ctime_ns, sha256, file_store_id, attempts,"
     " transient_errors, last_error, disposed, created_at, updated_at, reported_at"
 )
 
 # add_pending in one statement per row, so 100,000 rows fit in one fast executemany. The
 # states come from TRANSITIONS[Op.ADD_PENDING] (never ``put``: that row owes a report, and
 # losing it would leave uploaded bytes unreported). The rest of the WHERE clause is its
-# condition, NEW_VERSION: FileSig.same_version in SQL (size, mtime_ns, ino; dev left out),
+# condition, NEW_VERSION: FileSig.same_version in SQL (size, mtime_ns, ino, and ctime_ns when
+# both know it; dev left out),
 # so an existing row is reset only when it records another version (or none).
 _ADD_PENDING_SQL = f"""
-    INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,
+    INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, ctime_ns, state,
                        created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, '{_created(Op.ADD_PENDING)}', ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, '{_created(Op.ADD_PENDING)}', ?, ?)
     ON CONFLICT (folder, relpath) DO UPDATE SET
         dev = excluded.dev, ino = excluded.ino, size = excluded.size,
-        mtime_ns = excluded.mtime_ns, state = {_target_sql(Op.ADD_PENDING)}, attempts = 0,
+        mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, state = {_target_sql(Op.ADD_PENDING)}, attempts = 0,
         transient_errors = 0, last_error = NULL, file_store_id = NULL, sha256 = NULL,
         disposed = 0, reported_at = NULL, updated_at = excluded.updated_at
     WHERE {_state_in(Op.ADD_PENDING, "files.state")}
       AND NOT (files.size IS NOT NULL AND files.mtime_ns IS NOT NULL
                AND files.ino IS NOT NULL
                AND files.size = excluded.size AND files.mtime_ns = excluded.mtime_ns
-               AND files.ino = excluded.ino)
+               AND files.ino = excluded.ino
+               AND (files.ctime_ns IS NULL OR excluded.ctime_ns IS NULL
+                    OR files.ctime_ns = excluded.ctime_ns))
 """
 
 # mark_ticketed's usual case in one statement, without reading the row first: a row of
 # this very version that the table lets take a ticket, reported ones excepted (a reported
 # row starts a new upload, so its counters are reset by the general path).
 _MARK_TICKETED_SAME_VERSION_SQL = f"""
-    UPDATE files SET dev = ?, state = {_target_sql(Op.MARK_TICKETED)}, file_store_id = ?,
-        sha256 = NULL, disposed = 0, reported_at = NULL, updated_at = ?
+    UPDATE files SET dev = ?, ctime_ns = ?, state = {_target_sql(Op.MARK_TICKETED)},
+        file_store_id = ?, sha256 = NULL, disposed = 0, reported_at = NULL, updated_at = ?
     WHERE folder = ? AND relpath = ? AND {_state_in(Op.MARK_TICKETED, but=State.REPORTED)}
       AND dev IS NOT NULL AND ino = ? AND size = ? AND mtime_ns = ?
+      AND (ctime_ns IS NULL OR ? IS NULL OR ctime_ns = ?)
 """
 
 
@@ -575,8 +598,12 @@ class _Store:
                 conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
                 for statement in _SCHEMA_V1:
                     conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            # Future migrations: `if version < 2: ...; UPDATE schema_version SET version = 2`.
+                conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+                version = 1
+            if version < 2:
+                for statement in _MIGRATE_TO_V2:
+                    conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = 2")
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -683,11 +710,11 @@ class _LedgerReads:
         # columns are always written together (_sig_params), so checking size is enough.
         with self._store.reading() as conn:
             cursor = conn.execute(
-                "SELECT relpath, state, size, mtime_ns, ino, dev, disposed"
+                "SELECT relpath, state, size, mtime_ns, ino, dev, ctime_ns, disposed"
                 " FROM files WHERE folder = ?",
                 (folder,),
             )
-            for relpath, state, size, mtime_ns, ino, dev, disposed in cursor:
+            for relpath, state, size, mtime_ns, ino, dev, ctime_ns, disposed in cursor:
                 result[fsdecode(relpath)] = (
                     states[state],
                     None
@@ -697,9 +724,33 @@ class _LedgerReads:
                         mtime_ns,
                         ino if ino >= 0 else ino + u64,
                         dev if dev >= 0 else dev + u64,
+                        ctime_ns,
                     ),
                     disposed == 1,
                 )
+        return result
+
+    def known(self, folder: str, relpaths: Sequence[str]) -> dict[str, Known]:
+        """Given a folder and some of its paths, returns ``{relpath: (state, sig, disposed)}``
+        for those that have a row: a scan compares a batch of entries at a time, and never
+        holds a whole folder's rows in memory."""
+        result: dict[str, Known] = {}
+        with self._store.reading() as conn:
+            for start in range(0, len(relpaths), _IN_LIMIT):
+                chunk = [os.fsencode(r) for r in relpaths[start : start + _IN_LIMIT]]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT relpath, state, size, mtime_ns, ino, dev, ctime_ns, disposed"
+                    f" FROM files WHERE folder = ? AND relpath IN ({marks})",
+                    (folder, *chunk),
+                )
+                for relpath, state, size, mtime_ns, ino, dev, ctime_ns, disposed in rows:
+                    sig = (
+                        None
+                        if size is None
+                        else FileSig(size, mtime_ns, _from_u64(ino), _from_u64(dev), ctime_ns)
+                    )
+                    result[os.fsdecode(relpath)] = (State(state), sig, disposed == 1)
         return result
 
     def unfinished(self) -> list[Entry]:
@@ -792,6 +843,7 @@ class Ledger(_LedgerReads):
                     _to_u64(sig.ino),
                     sig.size,
                     sig.mtime_ns,
+                    sig.ctime_ns,
                     now,
                     now,
                 )
@@ -808,27 +860,39 @@ class Ledger(_LedgerReads):
         counters and last error are reset; otherwise they are kept.
         """
         now = self._clock()
-        dev, ino, size, mtime_ns = sig_params = _sig_params(sig)
+        dev, ino, size, mtime_ns, ctime_ns = sig_params = _sig_params(sig)
         rel = os.fsencode(relpath)
         with self._store.transaction() as conn:
             if conn.execute(
                 _MARK_TICKETED_SAME_VERSION_SQL,
-                (dev, file_store_id, now, folder, rel, ino, size, mtime_ns),
+                (
+                    dev,
+                    ctime_ns,
+                    file_store_id,
+                    now,
+                    folder,
+                    rel,
+                    ino,
+                    size,
+                    mtime_ns,
+                    *[ctime_ns] * 2,
+                ),
             ).rowcount:
                 return
             cur = _fetch(conn, folder, relpath)
             _check(self.path, Op.MARK_TICKETED, cur, folder, relpath)
             if cur is None:
                 conn.execute(
-                    "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state,"
-                    " file_store_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, ctime_ns, state,"
+                    " file_store_id, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (folder, rel, *sig_params, _created(Op.MARK_TICKETED), file_store_id, now, now),
                 )
                 return
             new_version = cur.state is State.REPORTED or not sig.same_version(cur.sig)
             conn.execute(
                 f"UPDATE files SET state = {_target_sql(Op.MARK_TICKETED)},"
-                " dev = ?, ino = ?, size = ?, mtime_ns = ?, file_store_id = ?, sha256 = NULL,"
+                f" {_SIG_SET}, file_store_id = ?, sha256 = NULL,"
                 " disposed = 0, reported_at = NULL, attempts = ?, transient_errors = ?,"
                 " last_error = ?, updated_at = ? WHERE folder = ? AND relpath = ?",
                 (
@@ -887,6 +951,16 @@ class Ledger(_LedgerReads):
         assignments = "disposed = 1, last_error = NULL, updated_at = ?"
         self._advance(Op.MARK_DISPOSED, folder, relpath, assignments, (now,))
 
+    def mark_verified(self, folder: str, relpath: str, sig: FileSig) -> None:
+        """Records that a reported file whose ctime changed still holds the bytes that were
+        uploaded (its hash matched): the row takes ``sig`` and stays reported.
+
+        Only from ``reported``; raises IllegalTransition otherwise.
+        """
+        now = self._clock()
+        values = (*_sig_params(sig), now)
+        self._advance(Op.MARK_VERIFIED, folder, relpath, f"{_SIG_SET}, updated_at = ?", values)
+
     def mark_pending(self, folder: str, relpath: str, sig: FileSig | None = None) -> None:
         """Sends a ``pending`` or ``ticketed`` row back to pending (the file changed during
         the PUT): drops its ticket and hash, records ``sig`` if given, keeps ``attempts``.
@@ -899,7 +973,7 @@ class Ledger(_LedgerReads):
         assignments = "file_store_id = NULL, sha256 = NULL, updated_at = ?"
         values: tuple[object, ...] = (now,)
         if sig is not None:
-            assignments += ", dev = ?, ino = ?, size = ?, mtime_ns = ?"
+            assignments += f", {_SIG_SET}"
             values += _sig_params(sig)
         self._advance(Op.MARK_PENDING, folder, relpath, assignments, values)
 
@@ -953,7 +1027,7 @@ class Ledger(_LedgerReads):
             if target is State.PENDING:
                 sets += ", file_store_id = NULL, sha256 = NULL"
             if sig is not None:
-                sets += ", dev = ?, ino = ?, size = ?, mtime_ns = ?"
+                sets += f", {_SIG_SET}"
                 values += _sig_params(sig)
             conn.execute(
                 f"UPDATE files SET {sets} WHERE folder = ? AND relpath = ?", (*values, folder, rel)
@@ -992,6 +1066,47 @@ class Ledger(_LedgerReads):
         with self._store.transaction() as conn:
             return conn.execute(_FORGET_SQL, (folder, os.fsencode(relpath))).rowcount > 0
 
+    def prune_disposed(self, folder: str, before: float) -> int:
+        """Deletes the rows of files moved or deleted after their upload, last changed
+        before ``before`` (a time of the ledger's clock); returns how many."""
+        with self._store.transaction() as conn:
+            return conn.execute(
+                f"DELETE FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
+                " AND disposed = 1 AND updated_at < ?",
+                (folder, before),
+            ).rowcount
+
+    def idle_rows(self, folder: str, before: float, after: str | None, limit: int) -> list[str]:
+        """Returns up to ``limit`` paths, in order and past ``after``, of rows that pruning
+        may delete once their file is gone: reported or failed, not disposed of, last
+        changed before ``before``. A prune pass pages through a folder with it."""
+        sql = (
+            f"SELECT relpath FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
+            " AND disposed = 0 AND updated_at < ?"
+        )
+        params: tuple[object, ...] = (folder, before)
+        if after is not None:
+            sql += " AND relpath > ?"
+            params += (os.fsencode(after),)
+        with self._store.reading() as conn:
+            rows = conn.execute(f"{sql} ORDER BY relpath LIMIT ?", (*params, limit))
+            return [os.fsdecode(r) for (r,) in rows]
+
+    def prune_gone(self, folder: str, relpaths: Sequence[str], before: float) -> int:
+        """Deletes the rows of these paths (their files are gone) that pruning may delete
+        and that were last changed before ``before``; returns how many."""
+        deleted = 0
+        with self._store.transaction() as conn:
+            for start in range(0, len(relpaths), _IN_LIMIT):
+                chunk = [os.fsencode(r) for r in relpaths[start : start + _IN_LIMIT]]
+                marks = ", ".join("?" * len(chunk))
+                deleted += conn.execute(
+                    f"DELETE FROM files WHERE folder = ? AND relpath IN ({marks})"
+                    f" AND {_state_in(Op.PRUNE)} AND updated_at < ?",
+                    (folder, *chunk, before),
+                ).rowcount
+        return deleted
+
     def _advance(
         self,
         op: Op,
@@ -1006,6 +1121,31 @@ class Ledger(_LedgerReads):
         """One transaction of :func:`_advance_row`: ``op`` on one row, or IllegalTransition."""
         with self._store.transaction(durable=durable) as conn:
             _advance_row(conn, self.path, op, folder, relpath, assignments, values, file_store_id)
+
+    def adopt_folder(self, old_key: str, new_key: str) -> int:
+        """Moves every row of folder ``old_key`` to folder ``new_key`` in ONE transaction
+        (each keeps its state, signature, ticket and hash) and returns how many moved.
+
+        For a folder whose key changed spelling (resolved to its real path). A file with a
+        row under both keys keeps the one under ``new_key``, the newer record; the one under
+        ``old_key`` is dropped, a ``put`` one included: reporting its ticket now could report
+        a file the newer row has already reported under another. Not a state transition, so
+        outside :data:`TRANSITIONS`. Raises LedgerError when it cannot commit.
+        """
+        if old_key == new_key:
+            return 0
+        with self._store.transaction() as conn:
+            moved = conn.execute(
+                "UPDATE OR IGNORE files SET folder = ? WHERE folder = ?", (new_key, old_key)
+            ).rowcount
+            conn.execute("DELETE FROM files WHERE folder = ?", (old_key,))
+        return int(moved)
+
+
+#: What a scan needs of a row: its state, the version it records, whether it was disposed.
+Known = tuple[State, FileSig | None, bool]
+#: SQLite's default limit of host parameters is 32,766; a scan's batches stay far below.
+_IN_LIMIT = 500
 
 
 # --- row helpers --------------------------------------------------------------------------
@@ -1024,10 +1164,14 @@ def _from_u64(n: int) -> int:
     return n + _U64 if n < 0 else n
 
 
-def _sig_params(sig: FileSig | None) -> tuple[int | None, int | None, int | None, int | None]:
+#: The columns of a FileSig, in the order of _sig_params.
+_SIG_SET = "dev = ?, ino = ?, size = ?, mtime_ns = ?, ctime_ns = ?"
+
+
+def _sig_params(sig: FileSig | None) -> tuple[int | None, ...]:
     if sig is None:
-        return (None, None, None, None)
-    return (_to_u64(sig.dev), _to_u64(sig.ino), sig.size, sig.mtime_ns)
+        return (None, None, None, None, None)
+    return (_to_u64(sig.dev), _to_u64(sig.ino), sig.size, sig.mtime_ns, sig.ctime_ns)
 
 
 def _fetch(conn: sqlite3.Connection, folder: str, relpath: str) -> Entry | None:
@@ -1047,6 +1191,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         ino,
         size,
         mtime_ns,
+        ctime_ns,
         sha256,
         file_store_id,
         attempts,
@@ -1060,7 +1205,7 @@ def _entry(row: Sequence[Any]) -> Entry:
     sig = (
         None
         if size is None or mtime_ns is None or ino is None or dev is None
-        else FileSig(size, mtime_ns, _from_u64(ino), _from_u64(dev))
+        else FileSig(size, mtime_ns, _from_u64(ino), _from_u64(dev), ctime_ns)
     )
     return Entry(
         folder=folder,

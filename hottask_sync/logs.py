@@ -7,6 +7,7 @@ rendering removes the API key and presigned query strings from every field.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -20,17 +21,54 @@ from .client import redact_url
 _secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 REDACTED = "<redacted>"
+#: A line or word of a secret with whitespace inside is redacted on its own from this length.
+MIN_SECRET_PART = 8
 
 
 def set_secrets(secrets: Iterable[str]) -> None:
-    """Registers values (the API key) that must never appear in a log line."""
+    """Registers values (the API key) that must never appear in a log line, in any form.
+
+    Each value is registered with the forms a message may quote it in (see
+    :func:`secret_forms`), longest first, so that :func:`redact_text` removes them all.
+    """
     global _secrets
+    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
     with _secrets_lock:
-        _secrets = tuple(s for s in secrets if s)
+        _secrets = tuple(sorted(forms, key=lambda form: (-len(form), form)))
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Given a secret, returns every form a message may show it in.
+
+    The literal; its ``repr()`` and the ``repr()`` of its bytes (what an HTTP library quotes
+    when it refuses a header: ``b'sk-1\\nsk-2'``); backslash-escaped; JSON-escaped (ASCII
+    or not); the same escapes applied twice (a repr of a message that quotes a repr); and each
+    line or word of a secret that has whitespace in it, when long enough not to be a common
+    word. For a plain key (printable ASCII, no quotes or backslashes) this is the key alone.
+    """
+    forms = {secret}
+    for _ in range(2):
+        forms |= {escaped for form in forms for escaped in _escapes(form)}
+    forms |= {part for part in secret.split() if len(part) >= MIN_SECRET_PART}
+    return {form for form in forms if form}
+
+
+def _escapes(text: str) -> tuple[str, ...]:
+    """The escaped forms of ``text`` without their quotes: str and bytes repr, backslash
+    escapes, JSON."""
+    raw = text.encode("utf-8", "surrogateescape")
+    return (
+        repr(text)[1:-1],
+        repr(raw)[2:-1],
+        text.encode("unicode_escape").decode("ascii"),
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+    )
 
 
 def redact_text(text: str) -> str:
-    """Given text, returns it without any registered secret or URL query string."""
+    """Given text, returns it without any registered secret (every occurrence, every form)
+    or URL query string."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)

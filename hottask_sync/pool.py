@@ -1,14 +1,18 @@
-"""The upload workers: threads that take frozen Jobs from a queue and hand Results back."""
+"""The upload workers: threads that take frozen Jobs from a queue and hand Results back,
+and say whether they are getting anywhere."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import LedgerError
-from .jobs import Job, Outcome, Result
+from .jobs import Job, Key, Outcome, Result
 from .logs import get_logger
 
 log = get_logger("hottask_sync.pool")
@@ -17,13 +21,36 @@ log = get_logger("hottask_sync.pool")
 CRASH_RETRY_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class Stuck:
+    """A worker that made no progress for too long: its thread, file, stage and silence."""
+
+    thread: str
+    key: Key
+    stage: str
+    seconds: float
+
+
 class WorkerPool:
     """``size`` threads running ``run(job)``; each result lands in :attr:`results` and
-    calls ``wake``. A LedgerError is handed back as is (the runtime must stop)."""
+    calls ``wake``. A LedgerError is handed back as is (the runtime must stop).
 
-    def __init__(self, run: Callable[[Job], Result], wake: Callable[[], None]) -> None:
+    Healthy means making progress: a worker calls :meth:`beat` at every step of a job and
+    every chunk it sends; one that is busy but silent for longer than the bound is stuck.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Job], Result],
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._run = run
         self._wake = wake
+        self._clock = clock
+        # Per worker thread, written only by it: [key or None when idle, stage, last beat].
+        self._beats: dict[str, list[Any]] = {}
+        self._local = threading.local()
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.target = 0
@@ -42,7 +69,24 @@ class WorkerPool:
         for _ in range(len(self._threads) - size):
             self._work.put(None)
 
-    def healthy(self) -> bool:
+    def beat(self, stage: str) -> None:
+        """Called by a worker (through the Uploader): it is still getting somewhere."""
+        slot = getattr(self._local, "slot", None)
+        if slot is not None:
+            slot[1] = stage
+            slot[2] = self._clock()
+
+    def stuck(self, bound: float) -> list[Stuck]:
+        """Returns the workers busy with a job but silent for more than ``bound`` seconds."""
+        now = self._clock()
+        found = []
+        for name, (key, stage, at) in list(self._beats.items()):
+            if key is not None and now - at > bound:
+                found.append(Stuck(name, key, stage, now - at))
+        return found
+
+    def alive(self) -> bool:
+        """True while as many worker threads run as asked for."""
         return sum(t.is_alive() for t in self._threads) >= self.target
 
     def submit(self, job: Job) -> None:
@@ -63,7 +107,11 @@ class WorkerPool:
         return unstarted
 
     def _worker(self) -> None:
+        slot: list[Any] = [None, "idle", self._clock()]
+        self._local.slot = slot
+        self._beats[threading.current_thread().name] = slot
         while (job := self._work.get()) is not None:
+            slot[0], slot[1], slot[2] = job.key, "start", self._clock()
             result: Result | LedgerError
             try:
                 result = self._run(job)
@@ -77,5 +125,6 @@ class WorkerPool:
                     failures=job.failures,
                     ticket=job.ticket,
                 )
+            slot[0] = None
             self.results.append((job, result))
             self._wake()

@@ -21,18 +21,26 @@ import httpx
 from . import folders as fs
 from . import logs
 from .backoff import Throttle
-from .client import HotTaskClient
-from .config import ApiConfig, ApiKey, Config, FolderConfig, load_config, resolve_api_key
+from .client import CHUNK_SIZE, HotTaskClient
+from .config import (
+    MAX_SHUTDOWN_GRACE_SECONDS,
+    Config,
+    FolderConfig,
+    load_config,
+    resolve_api_key,
+)
 from .errors import ConfigError, KeyNotFoundError, LedgerError, UserError
-from .files import FileSig, lstat_regular
-from .jobs import Key
+from .jobs import Job, Key
+from .keyring import KeyReader
 from .ledger import Ledger, State
+from .lookups import Checked, Lookups
 from .metrics import Metrics
 from .notify import Notifier
 from .pool import WorkerPool
+from .scanner import Batch, Scanner
 from .scheduler import Scheduler
 from .signals import Signals
-from .statedir import lock_state_dir
+from .statedir import LOCK_WAIT_SECONDS, check_filesystem, lock_state_dir
 from .status import StatusBoard, announce_auth
 from .uploader import Uploader
 from .watcher import Watcher
@@ -42,6 +50,16 @@ log = logs.get_logger("hottask_sync.daemon")
 FOLDER_CHECK_SECONDS = 2.0
 #: After the grace period, an aborted PUT needs a moment to unwind.
 ABORT_WAIT_SECONDS = 5.0
+#: Then every thread gets this long, all together, to end (they are daemon threads: one
+#: that hangs on a dead mount is left behind, not waited for).
+JOIN_SECONDS = 2.0
+#: A scan pauses while the scheduler holds this many files, and goes on below the low mark.
+BACKLOG_HIGH = 20_000
+BACKLOG_LOW = 10_000
+#: Watcher hints waiting for the main loop, and look-ups waiting for their thread, at most;
+#: beyond, a flood of events is left to a rescan.
+HINTS_MAX = 50_000
+LOOKUPS_MAX = 5_000
 #: The main loop looks at its clock at least this often.
 MAX_SLEEP_SECONDS = 5.0
 
@@ -69,9 +87,14 @@ class Runtime:
         self._hints: deque[tuple[str, str, bool]] = deque()
         self._rescan_now = False
         self._fatal: LedgerError | None = None
+        self._stuck_logged: set[Key] = set()
         self.signals = Signals(self._wake.set)
         self.pool = WorkerPool(lambda job: self.uploader.run(job), self._wake.set)
         self.watches = fs.FolderWatches(Watcher(self._hint, self._overflowed))
+        self.lookups = Lookups(self._wake.set)
+        self.keys = KeyReader(self._wake.set, self.clock)
+        self._probe: Job | None = None  # held until the key is read again
+        self.scanner: Scanner | None = None
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -84,13 +107,15 @@ class Runtime:
         problems = [p for p in fs.check_folders(cfg) if not p.endswith("does not exist")]
         if problems:
             raise ConfigError(problems)
+        check_filesystem(cfg.sync.state_dir, allow_network=cfg.sync.allow_network_state_dir)
         self.key = resolve_api_key(cfg.api, self.environ)
         logs.set_secrets([self.key.value])
         with contextlib.ExitStack() as stack:
             # Handlers first: a SIGHUP (a `retry`) right after the lock must not kill us.
             self.signals.install()
             stack.callback(self.signals.restore)
-            lock_fd = lock_state_dir(cfg.sync.state_dir)
+            # A previous instance may still be exiting: wait a few seconds for its lock.
+            lock_fd = lock_state_dir(cfg.sync.state_dir, wait_seconds=LOCK_WAIT_SECONDS)
             stack.callback(os.close, lock_fd)
             try:
                 self.ledger = Ledger.in_dir(cfg.sync.state_dir)
@@ -113,6 +138,7 @@ class Runtime:
             timeout=cfg.api.timeout_seconds,
             max_connections=max(64, cfg.sync.concurrency),
             transport=self.transport,
+            allow_insecure_http=cfg.api.allow_insecure_http,
         )
         self.uploader = Uploader(
             self.client,
@@ -124,6 +150,7 @@ class Runtime:
             abort=self.abort,
             metrics=self.metrics,
             clock=self.clock,
+            beat=self.pool.beat,
         )
         self.scheduler = Scheduler(
             cfg.folders,
@@ -131,11 +158,17 @@ class Runtime:
             concurrency=cfg.sync.concurrency,
             clock=self.clock,
             wall=time.time,
-            stat=self._stat,
             lookup=lambda key: self.ledger.get(*key),
             auth_probe_seconds=cfg.api.auth_probe_seconds,
+            max_tracked=HINTS_MAX,
         )
-        self.board = StatusBoard(self.notifier, self.metrics, self.clock)
+        self.board = StatusBoard(self.notifier, self.metrics)
+        self.scanner = Scanner(
+            self.ledger.path,
+            self._wake.set,
+            clock=self.clock,
+            retention_days=cfg.sync.ledger_retention_days,
+        )
 
     def _start(self) -> None:
         cfg = self.config
@@ -148,26 +181,47 @@ class Runtime:
             concurrency=cfg.sync.concurrency,
             settle_seconds=cfg.sync.settle_seconds,
         )
+        fs.adopt_spellings(self.ledger, cfg.folders)  # before anything reads the ledger
+        self.lookups.start()
         self.watches.watcher.start()
         for folder in cfg.folders:
             self.watches.watch(folder)
         self.scheduler.resume(self.ledger.in_state(State.PUT))
-        for folder in cfg.folders:
-            if folder.key not in self.watches.missing:
-                self._scan(folder)
+        assert self.scanner is not None
+        self.scanner.start()
+        self._scan_all()  # in the scanner's thread: ready does not wait for it
         self.pool.resize(cfg.sync.concurrency)
-        self.board.refresh(self.ledger, self.scheduler, self.watches.missing, force=True)
+        self.board.start(self.ledger, self._wake.set)
+        self.board.refresh(self.scheduler, self.watches.missing)
         self.notifier.ready(self.board.line)
         log.info("daemon.ready", waiting=len(self.scheduler.settler), queued=self.scheduler.queued)
 
     def _shutdown(self) -> int:
-        grace = self.config.sync.shutdown_grace_seconds
+        """Stops within grace + ABORT_WAIT_SECONDS + JOIN_SECONDS, whatever hangs."""
+        grace = min(self.config.sync.shutdown_grace_seconds, MAX_SHUTDOWN_GRACE_SECONDS)
         self.notifier.stopping()
         log.info("daemon.stopping", in_flight=self.scheduler.in_flight, grace_seconds=grace)
-        self.watches.watcher.stop()
         # Jobs not yet started stay as they are in the ledger and resume at the next start.
         for job in self.pool.close():
             self.scheduler.forget_in_flight(job)
+        if self._probe is not None:  # held for a key read: never started
+            self.scheduler.forget_in_flight(self._probe)
+        self._finish_in_flight(grace)
+        deadline = self.clock() + JOIN_SECONDS
+        self.watches.watcher.stop(timeout=max(0.0, deadline - self.clock()))
+        for part in (self.lookups, self.scanner, self.board):
+            if part is not None:
+                part.stop(timeout=max(0.0, deadline - self.clock()))
+        self.notifier.close()
+        if self._fatal is not None:
+            log.critical("daemon.stopped", reason="ledger failure", error=str(self._fatal))
+            return 1
+        log.info("daemon.stopped")
+        return 0
+
+    def _finish_in_flight(self, grace: float) -> None:
+        """Lets running uploads finish for ``grace`` seconds, then cuts them off and gives
+        them ABORT_WAIT_SECONDS to unwind."""
         deadline = self.clock() + grace
         aborted = False
         while self.scheduler.in_flight:
@@ -183,12 +237,6 @@ class Runtime:
             self._wake.clear()
             while self.pool.results:
                 self.scheduler.forget_in_flight(self.pool.results.popleft()[0])
-        self.notifier.close()
-        if self._fatal is not None:
-            log.critical("daemon.stopped", reason="ledger failure", error=str(self._fatal))
-            return 1
-        log.info("daemon.stopped")
-        return 0
 
     # --- the main loop -----------------------------------------------------------------------
 
@@ -208,6 +256,8 @@ class Runtime:
                     self._reload()
                     next_rescan = now  # a reload (and `retry`) looks at every folder again
                 self._drain_hints()
+                self._drain_answers()
+                self._drain_scans()
                 self._drain_results()
                 if self._rescan_now or now >= next_rescan:
                     self._rescan_now = False
@@ -215,13 +265,12 @@ class Runtime:
                     period = self.config.sync.rescan_seconds
                     next_rescan = now + period if period else float("inf")
                 if now >= next_check:
-                    for folder in self.watches.check(self.scheduler.folders.values()):
-                        self._scan(folder)
+                    self._scan(*self.watches.check(self.scheduler.folders.values()))
                     next_check = now + FOLDER_CHECK_SECONDS
                 self._step()
-                self.board.refresh(self.ledger, self.scheduler, self.watches.missing)
+                self.board.refresh(self.scheduler, self.watches.missing)
                 if interval is not None and now >= next_ping:
-                    if self.watches.watcher.healthy() and self.pool.healthy():
+                    if self._healthy():
                         self.notifier.watchdog()
                     next_ping = now + interval
                 self._sleep(now, next_rescan, next_check, next_ping)
@@ -237,27 +286,77 @@ class Runtime:
             self._fatal = exc
 
     def _sleep(self, now: float, *deadlines: float) -> None:
-        candidates = [*deadlines, self.board.next_refresh()]
+        candidates = list(deadlines)
+        if (key_deadline := self.keys.deadline()) is not None:
+            candidates.append(key_deadline)
         if (wake := self.scheduler.wake_at()) is not None:
             candidates.append(wake)
         self._wake.wait(min(max(0.0, min(candidates) - now), MAX_SLEEP_SECONDS))
         self._wake.clear()
 
+    def _healthy(self) -> bool:
+        """Threads alive and every busy worker making progress; logs what is stuck."""
+        stuck = self.pool.stuck(progress_bound(self.config))
+        for s in stuck:
+            if s.key not in self._stuck_logged:
+                log.error(
+                    "daemon.stuck",
+                    thread=s.thread,
+                    folder=s.key[0],
+                    path=s.key[1],
+                    stage=s.stage,
+                    silent_s=round(s.seconds, 1),
+                    hint="no progress in far longer than the timeouts allow; the watchdog "
+                    "will restart the service",
+                )
+        self._stuck_logged = {s.key for s in stuck}
+        return self.watches.watcher.healthy() and self.pool.alive() and not stuck
+
     def _step(self) -> None:
         step = self.scheduler.step()
+        for key, token in step.check:
+            self.lookups.check(key, token)
+        for key in step.look:
+            self.lookups.look(key)
+        self._scan(*(f for k in step.rescan if (f := self.scheduler.folders.get(k))))
         if step.pending:
             self.ledger.add_pending(step.pending)
-            self.board.stale = True
+            self.board.mark_stale()
         for job in step.submit:
             if job.probe:
-                self._refresh_key()  # it may have been fixed on disk
-            self.pool.submit(job)
+                # The key may have been fixed on disk: the probe goes once it is read again.
+                self._probe = job
+                self.keys.start(self.config.api, self.environ)
+            else:
+                self.pool.submit(job)
+        self._take_key()
+
+    def _take_key(self) -> None:
+        """Applies a key read that ended (a new key reaches the workers as a new Uploader
+        snapshot), then lets a probe held for it go."""
+        answer = self.keys.poll()
+        if isinstance(answer, KeyNotFoundError):
+            log.error("auth.key_unreadable", error=str(answer), hint="keeping the running key")
+        elif answer is not None and answer.value != self.key.value:
+            logs.set_secrets([answer.value, self.key.value])
+            log.info("auth.key_reloaded", key_source=answer.source)
+            self.key = answer
+            self.uploader = replace(
+                self.uploader, client=self.client.with_key(answer.value), key_source=answer.source
+            )
+        if self._probe is not None and not self.keys.busy:
+            self.pool.submit(self._probe)
+            self._probe = None
 
     # --- events in ---------------------------------------------------------------------------
 
     def _hint(self, folder_key: str, path: str, is_dir: bool) -> None:
-        """Called on watchdog's thread: queue the path and wake the main loop."""
-        self._hints.append((folder_key, path, is_dir))
+        """Called on watchdog's thread: queue the path and wake the main loop. A flood
+        beyond HINTS_MAX is dropped and left to a rescan, which keeps memory bounded."""
+        if len(self._hints) < HINTS_MAX:
+            self._hints.append((folder_key, path, is_dir))
+        else:
+            self._rescan_now = True
         self._wake.set()
 
     def _overflowed(self) -> None:
@@ -265,43 +364,65 @@ class Runtime:
         self._wake.set()
 
     def _drain_hints(self) -> None:
-        while self._hints:
+        while self._hints and self.lookups.backlog() < LOOKUPS_MAX:
             folder_key, path, is_dir = self._hints.popleft()
             folder = self.scheduler.folders.get(folder_key)
             if folder is not None:
-                for rel, kind, sig in fs.hint_sightings(folder, path, is_dir):
-                    self.scheduler.seen((folder_key, rel), kind, sig, from_scan=False)
+                self.lookups.hint(folder, path, is_dir)
+
+    def _drain_answers(self) -> None:
+        answers = self.lookups.answers
+        while answers:
+            answer = answers.popleft()
+            if isinstance(answer, Checked):
+                self.scheduler.checked(answer.key, answer.token, answer.sig)
+                continue
+            for rel, kind, sig in answer.sightings:
+                self.scheduler.seen((answer.folder_key, rel), kind, sig, from_scan=False)
 
     def _drain_results(self) -> None:
         results = self.pool.results
         while results:
             job, result = results.popleft()
-            self.board.stale = True
+            self.board.mark_stale()
             if isinstance(result, LedgerError):
+                self.scheduler.forget_in_flight(job)  # its worker is done with it
                 raise result  # handled once, in the main loop
             change = self.scheduler.finished(job, result)
             if change is not None:
                 announce_auth(change, result, self.key.source, self.metrics)
         (self.paused.set if self.scheduler.paused else self.paused.clear)()
 
-    def _stat(self, key: Key) -> FileSig | None:
-        folder = self.scheduler.folders.get(key[0])
-        return None if folder is None else lstat_regular(os.path.join(folder.path, key[1]))
-
     def _scan_all(self) -> None:
-        started = self.clock()
-        for folder in self.scheduler.folders.values():
-            if folder.key not in self.watches.missing:
-                self._scan(folder)
-        log.info(
-            "rescan.finished",
-            duration_ms=round((self.clock() - started) * 1000, 1),
-            waiting=len(self.scheduler.settler),
+        self._scan(
+            *(f for f in self.scheduler.folders.values() if f.key not in self.watches.missing)
         )
 
-    def _scan(self, folder: FolderConfig) -> None:
-        known = self.ledger.snapshot(folder.key)
-        self.scheduler.scanned(folder.key, fs.walk(str(folder.path), "", folder), known)
+    def _scan(self, *folders: FolderConfig) -> None:
+        if folders and self.scanner is not None:
+            self.scanner.request(folders)
+
+    def _drain_scans(self) -> None:
+        assert self.scanner is not None
+        results = self.scanner.results
+        while results:
+            item = results.popleft()
+            if isinstance(item, Batch):
+                self.scheduler.scanned(item.folder_key, item.entries, item.known)
+            else:
+                log.info(
+                    "rescan.finished",
+                    folders=item.folders,
+                    entries=item.entries,
+                    duration_ms=round(item.seconds * 1000, 1),
+                    waiting=len(self.scheduler.settler),
+                )
+        # Backpressure: a scan waits while the scheduler holds many files.
+        queued = self.scheduler.queued
+        if queued >= BACKLOG_HIGH:
+            self.scanner.may_go.clear()
+        elif queued <= BACKLOG_LOW:
+            self.scanner.may_go.set()
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -321,14 +442,18 @@ class Runtime:
         self.scheduler.reload(
             new.folders, settle_seconds=new.sync.settle_seconds, concurrency=new.sync.concurrency
         )
+        # A report owed in a folder added back is resumed (others are under way already).
+        self.scheduler.resume(self.ledger.in_state(State.PUT))
         self.pool.resize(new.sync.concurrency)
+        if self.scanner is not None:
+            self.scanner.retention_days = new.sync.ledger_retention_days
         logs.set_level(new.logging.level)
         self.uploader = replace(
             self.uploader,
             max_attempts=new.sync.max_attempts,
             throttle=Throttle(new.sync.bandwidth_limit, self.clock),
         )
-        self._refresh_key(new.api if not restart else old.api, hint="keeping the running key")
+        self.keys.start(new.api if not restart else old.api, self.environ)
         log.info(
             "config.reloaded",
             folders=[f.key for f in new.folders],
@@ -338,31 +463,12 @@ class Runtime:
         )
         self.notifier.ready(self.board.line)
 
-    def _refresh_key(self, api: ApiConfig | None = None, hint: str | None = None) -> None:
-        """Reads the key again; a new one reaches the workers as a new Uploader snapshot."""
-        key = _reread_key(api or self.config.api, self.environ, self.key, hint)
-        if key is not None:
-            self.key = key
-            self.uploader = replace(
-                self.uploader, client=self.client.with_key(key.value), key_source=key.source
-            )
 
-
-def _reread_key(
-    api: ApiConfig, environ: Mapping[str, str], current: ApiKey, hint: str | None
-) -> ApiKey | None:
-    """Returns the key read again when it differs from ``current``; None when it is the same
-    or cannot be read (logged, with ``hint``)."""
-    try:
-        key = resolve_api_key(api, environ)
-    except KeyNotFoundError as exc:
-        log.error("auth.key_unreadable", error=str(exc), **({"hint": hint} if hint else {}))
-        return None
-    if key.value == current.value:
-        return None
-    logs.set_secrets([key.value, current.value])
-    log.info("auth.key_reloaded", key_source=key.source)
-    return key
+def progress_bound(config: Config) -> float:
+    """Seconds a busy worker may go without progress before it counts as stuck: every
+    network wait ends within the timeout, and a throttled chunk within its share."""
+    rate = config.sync.bandwidth_limit
+    return 2 * config.api.timeout_seconds + 10.0 + (CHUNK_SIZE / rate if rate > 0 else 0.0)
 
 
 def _restart_needed(old: Config, new: Config) -> list[str]:

@@ -3,13 +3,15 @@
 It owns settling, the ready queue, retries waiting for their time, jobs parked while the
 API key is refused, the in-flight and "changed while in flight" sets, the auth pause and
 its probe, and what each worker result means. It takes plain events — a file seen (by an
-event or a scan), a scan's listing, a result, a reload — and :meth:`Scheduler.step` returns
-what to do now (rows to record as pending, jobs to hand to workers); :meth:`wake_at` says
-when it next needs a step.
+event or a scan), a scan's listing, what a check of a settling file found, a result, a
+reload — and :meth:`Scheduler.step` returns what to do now (files to check or look at
+again, rows to record as pending, jobs to hand to workers); :meth:`wake_at` says when it
+next needs a step.
 
 No threads, no sleeping, no I/O of its own: time comes from the injected ``clock`` and
-``wall``, a file's current signature from ``stat`` and its ledger row from ``lookup`` (both
-plain functions, dicts in tests). The runtime serialises every call.
+``wall``, a file's ledger row from ``lookup`` (a plain function, a dict in tests); every
+look at the disk is asked for in a Step and answered by an event. The runtime serialises
+every call.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .backoff import AUTH_PROBE_CAP_SECONDS, AuthCircuit
 from .config import FolderConfig
@@ -31,8 +34,9 @@ from .settle import Settler
 
 log = get_logger("hottask_sync.scheduler")
 
-Stat = Callable[[Key], FileSig | None]
 Lookup = Callable[[Key], Entry | None]
+#: Links and other non-files are named once each, up to this many (then once more).
+SKIPPED_REMEMBERED = 10_000
 #: What a scan knows of a folder from the ledger: relpath -> (state, sig, disposed).
 Known = Mapping[str, tuple[State, FileSig | None, bool]]
 
@@ -54,11 +58,16 @@ class AuthChange(enum.Enum):
 
 @dataclass(frozen=True)
 class Step:
-    """What the runtime does now, in this order: record ``pending`` rows (one
-    transaction), then hand ``submit`` to the workers."""
+    """What the runtime does now: record ``pending`` rows (one transaction) before handing
+    ``submit`` to the workers; stat each of ``check`` (a settling file whose quiet time is
+    up: answer with :meth:`Scheduler.checked`), look at each of ``look`` again (answer
+    with :meth:`Scheduler.seen`) and scan the folders in ``rescan``."""
 
     pending: tuple[tuple[str, str, FileSig], ...] = ()
     submit: tuple[Job, ...] = ()
+    check: tuple[tuple[Key, int], ...] = ()
+    look: tuple[Key, ...] = ()
+    rescan: tuple[str, ...] = ()  # folders to scan: events were dropped while full
 
 
 class Scheduler:
@@ -72,15 +81,15 @@ class Scheduler:
         concurrency: int,
         clock: Callable[[], float],
         wall: Callable[[], float],
-        stat: Stat,
         lookup: Lookup,
         auth_probe_seconds: float,
+        max_tracked: int = 50_000,
     ) -> None:
         self.folders: dict[str, FolderConfig] = {f.key: f for f in folders}
         self.concurrency = concurrency
+        self.max_tracked = max_tracked
         self._clock = clock
         self._wall = wall
-        self._stat = stat
         self._lookup = lookup
         self.settler: Settler[Key] = Settler(settle_seconds)
         self.circuit = AuthCircuit(clock, first=auth_probe_seconds, cap=AUTH_PROBE_CAP_SECONDS)
@@ -92,6 +101,9 @@ class Scheduler:
         self._inflight: set[Key] = set()
         self._dirty: set[Key] = set()  # seen to change while active: look again after
         self._skipped_logged: set[Key] = set()
+        self._settled: list[tuple[Key, FileSig]] = []  # checked unchanged, not yet planned
+        self._look: list[Key] = []
+        self._rescan: set[str] = set()  # folders whose events were dropped while full
 
     # --- what the runtime asks ---------------------------------------------------------------
 
@@ -111,6 +123,8 @@ class Scheduler:
 
     def wake_at(self) -> float | None:
         """Returns when the next :meth:`step` has work to do by itself, or None."""
+        if self._settled or self._look or self._rescan:
+            return self._clock()
         candidates = []
         if (d := self.settler.next_deadline()) is not None:
             candidates.append(d)
@@ -126,6 +140,8 @@ class Scheduler:
         """A file was noticed (an event, a scan, a folder moved in): settle it."""
         if kind is not Kind.FILE or sig is None:
             if kind is not Kind.FILE and key not in self._skipped_logged:
+                if len(self._skipped_logged) >= SKIPPED_REMEMBERED:
+                    self._skipped_logged.clear()  # bounded: some may be named again
                 self._skipped_logged.add(key)
                 what = "a symbolic link" if kind is Kind.LINK else "not a regular file"
                 log.info(
@@ -133,6 +149,10 @@ class Scheduler:
                 )
             return
         if key not in self.settler:
+            if not from_scan and self.queued >= self.max_tracked and key not in self._active:
+                # Full: a new file is left to a scan of its folder, which waits for room.
+                self._rescan.add(key[0])
+                return
             log.info("file.detected", folder=key[0], path=key[1], size=sig.size)
         # A file found by a scan whose mtime is already older than the settle time has
         # been quiet that long: no need to wait again (it is still re-checked once).
@@ -162,16 +182,23 @@ class Scheduler:
             self.seen((folder_key, rel), kind, sig, from_scan=True)
 
     def resume(self, unfinished: Iterable[Entry]) -> None:
-        """Queues every upload whose bytes are on S3 but whose report was cut off."""
+        """Queues every upload whose bytes are on S3 but whose report was cut off (rows in
+        ``put``), unless already under way. The report needs only the FileStoreId: a row
+        whose folder is no longer configured is reported too, and its file left alone."""
         for entry in unfinished:
+            key = (entry.folder, entry.relpath)
+            if key in self._active:
+                continue
             folder = self.folders.get(entry.folder)
             if folder is None:
                 log.warning(
                     "upload.orphaned",
                     folder=entry.folder,
                     path=entry.relpath,
-                    hint="its folder is no longer configured; it will be reported if re-added",
+                    hint="its folder is no longer configured; reporting the upload anyway "
+                    "(its bytes are on S3), the file is left where it is",
                 )
+                self._enqueue(self._orphan(key))
                 continue
             self._enqueue(Job(folder, entry.relpath))
 
@@ -191,10 +218,17 @@ class Scheduler:
             self._active.discard(key)
             if outcome is Outcome.CHANGED or key in self._dirty or result.look_again:
                 self._dirty.discard(key)
-                sig = self._stat(key)
-                if sig is not None:
-                    self.settler.hint(key, self._clock(), sig)
+                self._look.append(key)
         return change
+
+    def checked(self, key: Key, token: int, sig: FileSig | None) -> None:
+        """A settling file's check (asked for in :attr:`Step.check`) found ``sig`` (None:
+        gone, or no longer a regular file)."""
+        verdict = self.settler.checked(key, token, sig, self._clock())
+        if verdict == "ready" and sig is not None:
+            self._settled.append((key, sig))
+        elif verdict == "vanished":
+            log.info("file.vanished", folder=key[0], path=key[1], hint="deleted before upload")
 
     def reload(
         self, folders: Iterable[FolderConfig], *, settle_seconds: float, concurrency: int
@@ -213,22 +247,24 @@ class Scheduler:
     # --- the step ----------------------------------------------------------------------------
 
     def step(self) -> Step:
-        """Settles what is due, releases due retries, and hands out what may go now."""
+        """Asks for the checks that are due, plans the files that settled, releases due
+        retries, and hands out what may go now."""
         now = self._clock()
-        pending = self._settle(now)
+        check = tuple((key, token) for key, _sig, token in self.settler.due(now))
+        pending = self._plan_settled()
         while self._retries and self._retries[0][0] <= now:
             self._ready.append(heapq.heappop(self._retries)[2])
         if self._parked and not self.circuit.is_open:
             self._ready.extend(self._parked)
             self._parked.clear()
-        return Step(pending=tuple(pending), submit=tuple(self._feed()))
+        look, self._look = tuple(self._look), []
+        rescan, self._rescan = tuple(sorted(self._rescan)), set()
+        return Step(tuple(pending), tuple(self._feed()), check, look, rescan)
 
-    def _settle(self, now: float) -> list[tuple[str, str, FileSig]]:
-        result = self.settler.poll(now, self._stat)
-        for key in result.vanished:
-            log.info("file.vanished", folder=key[0], path=key[1], hint="deleted before upload")
+    def _plan_settled(self) -> list[tuple[str, str, FileSig]]:
+        settled, self._settled = self._settled, []
         pending: list[tuple[str, str, FileSig]] = []
-        for key, sig in result.ready:
+        for key, sig in settled:
             folder = self.folders.get(key[0])
             if folder is None:
                 continue
@@ -272,11 +308,20 @@ class Scheduler:
         while self._parked or self._ready:
             job = self._parked.popleft() if self._parked else self._ready.popleft()
             folder = self.folders.get(job.folder.key)
+            if job.orphan:
+                return job  # a report owed, whatever the config says now
             if folder is None:
+                if (row := self._lookup(job.key)) is not None and row.state is State.PUT:
+                    return self._orphan(job.key)  # its folder went: the report is still owed
                 self._active.discard(job.key)
                 continue
             return job if folder is job.folder else replace(job, folder=folder)
         return None
+
+    @staticmethod
+    def _orphan(key: Key) -> Job:
+        """The report owed for a file of a folder no longer configured."""
+        return Job(FolderConfig(Path(key[0])), key[1], orphan=True)
 
     def _hand_out(self, job: Job) -> Job:
         self._inflight.add(job.key)

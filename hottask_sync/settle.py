@@ -169,6 +169,41 @@ class Settler(Generic[K]):
             self._schedule(key, sig, now + self._settle_seconds)
         return SettleResult(ready, vanished)
 
+    def due(self, now: float) -> list[tuple[K, FileSig, int]]:
+        """Given the time, takes every key whose deadline is ``<= now``, each once, for a
+        check elsewhere (another thread may stat it); returns ``(key, recorded sig, token)``.
+
+        The keys stay waiting (``len`` and ``in`` count them) until :meth:`checked` says
+        what the check found. A hint that arrives meanwhile restarts the key's timer as
+        usual and makes the pending check stale.
+        """
+        taken: list[tuple[K, FileSig, int]] = []
+        while self._heap and self._heap[0][0] <= now:
+            _deadline, seq, key = heapq.heappop(self._heap)
+            entry = self._pending.get(key)
+            if entry is not None and entry.seq == seq:
+                taken.append((key, entry.sig, seq))
+        return taken
+
+    def checked(self, key: K, token: int, sig: FileSig | None, now: float) -> str:
+        """Given what a check of a key taken by :meth:`due` found (None: gone), settles it.
+
+        Returns ``"ready"`` (unchanged: the key leaves the settler), ``"vanished"`` (gone:
+        it leaves), ``"changed"`` (still changing: its timer restarts from ``now``) or
+        ``"stale"`` (hinted or discarded since it was taken: nothing happens).
+        """
+        entry = self._pending.get(key)
+        if entry is None or entry.seq != token:
+            return "stale"
+        if sig is None:
+            del self._pending[key]
+            return "vanished"
+        if entry.sig.same_version(sig):
+            del self._pending[key]
+            return "ready"
+        self._schedule(key, sig, now + self._settle_seconds)
+        return "changed"
+
     def next_deadline(self) -> float | None:
         """Returns the earliest pending deadline (for the caller's wait timeout), or None
         when nothing is waiting."""

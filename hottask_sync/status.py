@@ -1,11 +1,14 @@
 """What the daemon shows of its state: the one-line status (sd_notify STATUS=) and the
-metrics' file counts, refreshed from the ledger at most once a second while something
-changed, and the auth pause as it starts and ends."""
+metrics' file counts, counted from the ledger off the main loop at most once a second while
+something changed, and the auth pause as it starts and ends."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
+from pathlib import Path
 
+from .errors import LedgerError
 from .jobs import Result
 from .ledger import Ledger
 from .logs import get_logger
@@ -19,40 +22,68 @@ STATUS_EVERY_SECONDS = 1.0
 
 
 class StatusBoard:
-    """Counts files per state and shows them; :attr:`stale` asks for a refresh."""
+    """Counts files per state and shows them.
 
-    def __init__(self, notifier: Notifier, metrics: Metrics, clock: Callable[[], float]) -> None:
+    Counting reads the whole ledger's index, which grows with it: after the first count
+    (at start, before READY=1) it runs on a thread of its own, at most once a second and
+    only after :meth:`mark_stale`; the main loop only formats what was last counted.
+    """
+
+    def __init__(self, notifier: Notifier, metrics: Metrics) -> None:
         self._notifier = notifier
         self._metrics = metrics
-        self._clock = clock
-        self.stale = True
         self.line = ""
-        self._next = 0.0
+        self._counts: dict[str, int] | None = None
+        self._stale = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def next_refresh(self) -> float:
-        """When the main loop must wake for a due refresh (never, while nothing changed)."""
-        return self._next if self.stale else float("inf")
+    def start(self, ledger: Ledger, wake: Callable[[], None]) -> None:
+        """Counts once now, then keeps counting on a thread with its own read connection."""
+        self._counts = ledger.counts()
+        self._thread = threading.Thread(
+            target=self._run, args=(ledger.path, wake), name="status", daemon=True
+        )
+        self._thread.start()
 
-    def refresh(
-        self,
-        ledger: Ledger,
-        scheduler: Scheduler,
-        missing: Collection[str],
-        *,
-        force: bool = False,
-    ) -> None:
-        """Reads the counts again when they are stale and the last refresh is a second old."""
-        now = self._clock()
-        if not force and (not self.stale or now < self._next):
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._stale.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def mark_stale(self) -> None:
+        """Something changed in the ledger: count again (within a second)."""
+        self._stale.set()
+
+    def _run(self, path: Path, wake: Callable[[], None]) -> None:
+        try:
+            ledger = Ledger(path, readonly=True)
+        except LedgerError as exc:
+            log.error("status.unavailable", error=str(exc))
             return
-        self._next = now + STATUS_EVERY_SECONDS
-        self.stale = False
-        c = ledger.counts()
+        with ledger:
+            while not self._stop.is_set():
+                self._stale.wait()
+                self._stale.clear()
+                if self._stop.is_set():
+                    return
+                try:
+                    self._counts = ledger.counts()
+                except LedgerError as exc:
+                    log.warning("status.count_failed", error=str(exc))
+                wake()
+                self._stop.wait(STATUS_EVERY_SECONDS)
+
+    def refresh(self, scheduler: Scheduler, missing: Collection[str]) -> None:
+        """Shows the last counts with the scheduler's queue (sd_notify STATUS=, metrics)
+        when the line changed. No I/O but the notification."""
+        c = self._counts
+        if c is None:
+            return
         uploaded, failed = c["reported"], c["failed"]
         pending = c["pending"] + c["ticketed"] + c["put"]
         queued = scheduler.queued
-        self._metrics.set_counts(uploaded, pending, failed)
-        self._metrics.set_queue_depth(queued)
         line = f"uploaded {uploaded}, pending {pending}, failed {failed}, queued {queued}"
         if scheduler.paused:
             line += "; paused: API key refused"
@@ -60,6 +91,8 @@ class StatusBoard:
             line += f"; {len(missing)} folder(s) missing"
         if line != self.line:
             self.line = line
+            self._metrics.set_counts(uploaded, pending, failed)
+            self._metrics.set_queue_depth(queued)
             self._notifier.status(line)
 
 

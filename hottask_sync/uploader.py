@@ -8,21 +8,20 @@ failed, key refused, ...); the scheduler decides what follows.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
-import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import beneath
 from .after_upload import dispose
 from .backoff import Throttle, retry_delay
+from .beneath import Held, NotRegular
 from .client import MAX_PUT_BYTES, HotTaskClient, Ticket
-from .config import FolderConfig
 from .errors import (
     ApiError,
     AuthError,
@@ -32,7 +31,7 @@ from .errors import (
     TransientError,
     UrlExpired,
 )
-from .files import FileSig, lstat_regular
+from .files import FileSig
 from .jobs import Job, Outcome, Result
 from .ledger import Action, Entry, IllegalTransition, Ledger, State, plan
 from .logs import get_logger, redact_text
@@ -52,10 +51,6 @@ _RNG_LOCK = threading.Lock()
 
 class Stopped(Exception):
     """Raised inside a PUT when the daemon's grace period is over."""
-
-
-class NotRegular(Exception):
-    """The path is a symlink, FIFO, device or folder: never uploaded."""
 
 
 class _Run:
@@ -94,6 +89,8 @@ class Uploader:
     metrics: Any = None
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    #: Called with the stage at every step and every chunk: the pool's sign of progress.
+    beat: Callable[[str], None] = field(default=lambda stage: None, repr=False)
 
     # --- the pipeline ----------------------------------------------------------------------
 
@@ -111,19 +108,23 @@ class Uploader:
             log.info("file.changed", reason=str(exc), **run.ctx)
             return run.result(Outcome.CHANGED, ticket=None)
 
-    def _held(self, run: _Run) -> bool:
+    def _paused_for(self, run: _Run) -> bool:
         return self.paused.is_set() and not run.job.probe
 
     def _run(self, run: _Run) -> Result:
         job = run.job
         folder, relpath = job.folder, job.relpath
         entry = self.ledger.get(folder.key, relpath)
+        if job.orphan and (entry is None or entry.state is not State.PUT):
+            return run.result(Outcome.SKIPPED)  # reported meanwhile: nothing owed
         if entry is not None and entry.state is State.PUT:
             # The bytes are on S3 under this FileStoreId: finish by reporting it, even if
             # the file is gone or changed since. Never a second upload.
             return self._report_resumed(run, entry)
         try:
-            fd = _open_regular(job.path, folder)
+            # Resolved beneath the folder's descriptor: no link is followed, not even one
+            # swapped in for a folder on the way while we resolve.
+            held = beneath.open_regular(folder.path, relpath)
         except FileNotFoundError:
             self.ledger.forget(folder.key, relpath)
             log.info("file.vanished", **run.ctx)
@@ -133,29 +134,54 @@ class Uploader:
             return run.result(Outcome.SKIPPED)
         except PermissionError as exc:
             error = PermanentError(f"cannot read: {exc.strerror}", fail_now=True)
-            return self._fail(run, error, run.ctx, lstat_regular(job.path))
+            return self._fail(run, error, run.ctx, beneath.folder_sig(folder.path, relpath))
         try:
-            st = os.fstat(fd)
+            st = os.fstat(held.fd)
             sig = FileSig.from_stat(st)
+            if job.settled is not None and not job.settled.same_version(sig):
+                # Changed since it settled (a writer still writing, say): never uploaded,
+                # moved or deleted in this state; the scheduler lets it settle again.
+                log.info("file.changed", reason="changed since it settled", **run.ctx)
+                return run.result(Outcome.CHANGED, ticket=None)
             action = plan(entry, sig, dispose=folder.after_upload != "keep")
             if action in (Action.SKIP, Action.FAILED):
                 return run.result(Outcome.SKIPPED)
+            if action is Action.VERIFY and self._verified(run, held, sig, entry):
+                return run.result(Outcome.SKIPPED)
             if action is Action.DISPOSE:
                 assert entry is not None
-                dispose(job, entry, sig, self.ledger, run.ctx)
+                dispose(job, entry, sig, self.ledger, run.ctx, held=held)
                 return run.result(Outcome.DONE)
-            return self._upload(run, fd, st, sig)
+            return self._upload(run, held, st, sig)
         finally:
-            os.close(fd)
+            held.close()
 
-    def _upload(self, run: _Run, fd: int, st: os.stat_result, sig: FileSig) -> Result:
-        job = run.job
+    def _verified(self, run: _Run, held: Held, sig: FileSig, entry: Entry | None) -> bool:
+        """A reported file whose ctime alone changed: True (and the row takes the new sig)
+        when its bytes are still the ones uploaded; False when they are a new version."""
+        assert entry is not None and entry.sha256 is not None
+        hasher = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(held.fd, 1024 * 1024, offset):
+            hasher.update(chunk)
+            offset += len(chunk)
+            self.beat("verify")
+        if hasher.hexdigest() != entry.sha256:
+            log.info("file.changed", reason="same size and mtime, other bytes", **run.ctx)
+            return False
+        self.ledger.mark_verified(run.job.folder.key, run.job.relpath, sig)
+        if run.job.folder.after_upload != "keep" and not entry.disposed:
+            dispose(run.job, entry, sig, self.ledger, run.ctx, held=held)
+        return True
+
+    def _upload(self, run: _Run, held: Held, st: os.stat_result, sig: FileSig) -> Result:
+        job, fd = run.job, held.fd
         folder, relpath = job.folder, job.relpath
         ctx = {**run.ctx, "size": sig.size, "attempt": run.failures + 1}
         if sig.size > MAX_PUT_BYTES:
             error = FileTooLarge(f"{sig.size} bytes is over the 5 GiB limit of one upload")
             return self._fail(run, error, ctx, sig)
-        if self._held(run):
+        if self._paused_for(run):
             return run.result(Outcome.PAUSED)
         started = self.clock()
         log.info("upload.started", **ctx)
@@ -170,13 +196,16 @@ class Uploader:
             digest = self._ticket_and_put(run, fd, sig, ctx)
             ticket = run.ticket
             assert ticket is not None
-            if _changed(st, os.fstat(fd)) or not sig.same_version(lstat_regular(job.path)):
+            if _changed(st, os.fstat(fd)) or not sig.same_version(held.current_sig()):
                 # Never report bytes that may mix two versions: settle and start again.
                 return self._changed_during_put(run, ctx)
             self.ledger.mark_put(folder.key, relpath, digest, file_store_id=ticket.file_store_id)
             run.ticket = None
             run.stage = "report"
-            self.client.report_success(ticket.file_store_id)
+            self.beat("report")
+            if not self.client.report_success(ticket.file_store_id):
+                # The service had it already (a repeat): reported all the same.
+                log.info("upload.already_reported", file_store_id=ticket.file_store_id, **ctx)
             run.key_accepted = True
             self.ledger.mark_reported(folder.key, relpath)
         except Stopped:
@@ -184,7 +213,7 @@ class Uploader:
             return run.result(Outcome.STOPPED)
         except ApiError as exc:
             if run.stage == "put" and (
-                _changed(st, os.fstat(fd)) or not sig.same_version(lstat_regular(job.path))
+                _changed(st, os.fstat(fd)) or not sig.same_version(held.current_sig())
             ):
                 # The file changed under the PUT (a file that shrank aborts it): not a failed
                 # attempt; settle and start again.
@@ -205,7 +234,7 @@ class Uploader:
         if folder.after_upload != "keep":
             entry = self.ledger.get(folder.key, relpath)
             if entry is not None:
-                dispose(job, entry, sig, self.ledger, ctx)
+                dispose(job, entry, sig, self.ledger, ctx, held=held)
         return run.result(Outcome.DONE)
 
     def _ticket_and_put(self, run: _Run, fd: int, sig: FileSig, ctx: dict[str, Any]) -> str:
@@ -215,12 +244,14 @@ class Uploader:
         for expired_once in (False, True):
             if run.ticket is None:
                 run.stage = "ticket"
+                self.beat("ticket")
                 run.ticket = self.client.get_upload_url(os.path.basename(job.relpath))
                 run.key_accepted = True
                 self.ledger.mark_ticketed(
                     job.folder.key, job.relpath, sig, run.ticket.file_store_id
                 )
             run.stage = "put"
+            self.beat("put")
             try:
                 return self._put(run.ticket, fd, sig.size, ctx)
             except UrlExpired as exc:
@@ -254,6 +285,7 @@ class Uploader:
         state = {"sent": 0, "next_progress": started + PROGRESS_EVERY_SECONDS}
 
         def on_chunk(chunk: bytes) -> None:
+            self.beat("put")
             if self.abort.is_set():
                 raise Stopped()
             if self.throttle is not None:
@@ -286,12 +318,15 @@ class Uploader:
     def _report_resumed(self, run: _Run, entry: Entry) -> Result:
         assert entry.file_store_id is not None
         job = run.job
-        if self._held(run):
+        if self._paused_for(run):
             return run.result(Outcome.PAUSED)
         run.stage = "report"
+        self.beat("report")
         ctx = {**run.ctx, "file_store_id": entry.file_store_id, "attempt": run.failures + 1}
         try:
-            self.client.report_success(entry.file_store_id)
+            if not self.client.report_success(entry.file_store_id):
+                # The last answer was lost after the service acted: reported all the same.
+                log.info("upload.already_reported", **ctx)
         except ApiError as exc:
             return self._failed_call(run, exc, ctx, entry.sig)
         run.key_accepted = True
@@ -301,11 +336,7 @@ class Uploader:
         if self.metrics is not None:
             self.metrics.upload_succeeded(size, 0.0)
         if job.folder.after_upload != "keep" and entry.sig is not None:
-            current = lstat_regular(job.path)
-            if entry.sig.same_version(current):
-                reported = self.ledger.get(job.folder.key, job.relpath)
-                if reported is not None:
-                    dispose(job, reported, entry.sig, self.ledger, ctx)
+            _dispose_resumed(job, entry.sig, self.ledger, ctx)
         # A newer version may stand at the path now: the scheduler looks at it again.
         return run.result(Outcome.DONE, look_again=True)
 
@@ -374,37 +405,20 @@ class Uploader:
 
 # --- filesystem adapters --------------------------------------------------------------------
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-
-def _open_regular(path: str, folder: FolderConfig) -> int:
-    """Opens a regular file without following links; returns the descriptor.
-
-    Raises NotRegular for links, FIFOs, devices and folders, and for a path that leads
-    out of the folder through a linked parent folder; FileNotFoundError, PermissionError.
-    """
+def _dispose_resumed(job: Job, sig: FileSig, ledger: Ledger, ctx: dict[str, Any]) -> None:
+    """After a resumed report: moves or deletes the file if the version reported (``sig``)
+    is the one at its path now; else leaves it (gone, or a newer version)."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotRegular("a symbolic link (never followed)") from None
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise FileNotFoundError(path) from None
-        if exc.errno in (errno.ENXIO, errno.EISDIR):
-            raise NotRegular("not a regular file") from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat_mod.S_ISREG(mode):
-            raise NotRegular("not a regular file")
-        parent = os.path.realpath(os.path.dirname(path))
-        root = os.path.realpath(folder.path)
-        if parent != root and not parent.startswith(root + os.sep):
-            raise NotRegular("reached through a linked folder (never followed)")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        held = beneath.open_regular(job.folder.path, job.relpath)
+    except (OSError, NotRegular):
+        return  # nothing of ours there to move or delete
+    with held:
+        if not sig.same_version(FileSig.from_stat(os.fstat(held.fd))):
+            return
+        reported = ledger.get(job.folder.key, job.relpath)
+        if reported is not None:
+            dispose(job, reported, sig, ledger, ctx, held=held)
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -189,10 +190,12 @@ class Watcher:
             return False
         return self._polling is None or self._polling.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the observers; waits at most ``timeout`` seconds for all of them together."""
         for observer in (self._inotify, self._polling):
             if observer is not None and observer.is_alive():
                 observer.stop()
+        deadline = time.monotonic() + timeout
         for observer in (self._inotify, self._polling):
             if observer is not None and observer.is_alive():
-                observer.join(timeout=5)
+                observer.join(timeout=max(0.0, deadline - time.monotonic()))

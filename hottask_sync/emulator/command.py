@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from .faults import Faults, parse_faults
-from .server import Emulator
+from .server import REPEAT_REPORT_CODE, REPEAT_REPORT_MESSAGE, Emulator
 
 __all__ = ["add_arguments", "main", "run_from_args"]
 
@@ -54,7 +54,7 @@ def _faults_arg(text: str) -> Faults:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the emulator's options: --host, --port, --data, --api-key, --url-ttl, --faults,
-    --quiet. ``--faults`` is parsed at once (argparse reports a bad spec), so
+    --reject-repeat-reports, --bench, --quiet. ``--faults`` is parsed at once (argparse reports a bad spec), so
     ``args.faults`` is a :class:`Faults` or None.
     """
     parser.add_argument(
@@ -91,6 +91,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SPEC",
         help="inject faults, e.g. '5xx=0.1,429=0.05,drop_after=0.1,endpoints=pre+put,seed=3'",
+    )
+    parser.add_argument(
+        "--reject-repeat-reports",
+        action="store_true",
+        help=(
+            "refuse a second ReportUploadSuccess of the same FileStoreId with a business error "
+            f"(HTTP 200, Success false, Code {REPEAT_REPORT_CODE}, Message "
+            f"'{REPEAT_REPORT_MESSAGE}') instead of accepting it again"
+        ),
+    )
+    parser.add_argument(
+        "--bench",
+        action="store_true",
+        help=(
+            "the lean request path for benchmarks: uploads are checked and counted but not "
+            "stored or hashed; no fault but delay"
+        ),
     )
     parser.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
 
@@ -134,6 +151,8 @@ def _bind(args: argparse.Namespace, api_key: str, faults: Faults | None) -> Emul
             url_ttl=args.url_ttl,
             faults=faults,
             quiet=bool(getattr(args, "quiet", False)),
+            reject_repeat_reports=bool(getattr(args, "reject_repeat_reports", False)),
+            bench=bool(getattr(args, "bench", False)),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,7 +182,11 @@ def _serve_until_signalled(emulator: Emulator, api_key: str) -> None:
         emulator.start()
         print(
             f"HotTask emulator on {emulator.base_url} — API key: {api_key} — "
-            f"files stored under {emulator.data_dir}",
+            + (
+                "bench mode: uploads are not stored"
+                if emulator.bench
+                else f"files stored under {emulator.data_dir}"
+            ),
             flush=True,
         )
         # A timed wait so that the signal handler's set() is seen promptly on every platform.

@@ -6,7 +6,10 @@ It speaks the three calls of the real service:
 * ``POST /chat/User/GetPreUploadUrl`` issues a ticket (a FileStoreId and a presigned URL);
 * ``PUT /hottask-bucket/<id>/<uuid><ext>?X-Amz-...`` stores the bytes, checked like S3 checks
   a presigned URL (signature, expiry, Content-Length, 5 GiB limit);
-* ``POST /chat/User/ReportUploadSuccess`` marks the upload as done.
+* ``POST /chat/User/ReportUploadSuccess`` marks the upload as done; a repeated report of the
+  same FileStoreId is accepted again, or, with ``reject_repeat_reports``, refused with a
+  business error (HTTP 200, ``Success`` false, :data:`REPEAT_REPORT_CODE`,
+  :data:`REPEAT_REPORT_MESSAGE`): the API page does not say which the real service does.
 
 Files land under ``data_dir/<FileStoreId>/<fileName>``. Two extra unauthenticated endpoints
 serve tests that run the emulator as a subprocess: ``GET /_emulator/state`` and
@@ -15,11 +18,15 @@ serve tests that run the emulator as a subprocess: ``GET /_emulator/state`` and
 Every response is sent as one ``sendall`` on a ``TCP_NODELAY`` socket: the stdlib's separate
 header and body writes meet Nagle's algorithm and the peer's delayed ACK and stall each
 keep-alive call for ~40 ms.
+
+``Emulator(bench=True)`` serves the same calls on a lean request path for benchmarks
+(:class:`_LeanHandler`, at the end of this module): uploads checked and counted, not stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -70,6 +77,10 @@ SERVER_HEADER: Final = "HotTaskEmulator/1.0"
 JSON_TYPE: Final = "application/json; charset=utf-8"
 XML_TYPE: Final = "application/xml"
 
+#: The business error a repeated report gets with ``reject_repeat_reports``.
+REPEAT_REPORT_CODE: Final = 409
+REPEAT_REPORT_MESSAGE: Final = "file already reported"
+
 _PRE_PATH: Final = "/chat/user/getpreuploadurl"
 _REPORT_PATH: Final = "/chat/user/reportuploadsuccess"
 _COUNTERS: Final = ("pre", "put", "report", "auth_failed", "faulted", "put_incomplete")
@@ -97,6 +108,9 @@ class TicketInfo:
     sha256: str | None
     stored_path: Path | None
     reported_count: int
+    #: Seconds the body of the last complete PUT took to arrive, as this server saw it (from
+    #: starting to read it to its last byte); None before a PUT completed.
+    put_seconds: float | None = None
 
 
 @dataclass
@@ -111,6 +125,7 @@ class _Ticket:
     sha256: str | None = None
     stored_path: Path | None = None
     reported_count: int = 0
+    put_seconds: float | None = None
 
     def info(self) -> TicketInfo:
         return TicketInfo(
@@ -122,6 +137,7 @@ class _Ticket:
             sha256=self.sha256,
             stored_path=self.stored_path,
             reported_count=self.reported_count,
+            put_seconds=self.put_seconds,
         )
 
     def state_json(self) -> dict[str, Any]:
@@ -237,8 +253,11 @@ class _Storage:
     def ticket_dir(self, file_store_id: str) -> Path:
         return self.data_dir / file_store_id
 
-    def commit_put(self, file_store_id: str, tmp: Path, size: int, sha256: str) -> None:
-        """Moves a fully received upload into place and records it."""
+    def commit_put(
+        self, file_store_id: str, tmp: Path, size: int, sha256: str, seconds: float | None = None
+    ) -> None:
+        """Moves a fully received upload into place and records it (``seconds``: how long
+        its body took to arrive)."""
         # Renaming under the lock keeps the stored file and the recorded sha256 in step
         # when two PUTs to the same URL race.
         with self._lock:
@@ -249,16 +268,31 @@ class _Storage:
             ticket.size = size
             ticket.sha256 = sha256
             ticket.stored_path = dest
+            ticket.put_seconds = seconds
 
-    def report(self, file_store_id: str) -> tuple[int, str, TicketInfo | None]:
+    def count_put(self, file_store_id: str, size: int, seconds: float) -> None:
+        """Records a fully received upload that was not stored (bench mode): its size and
+        how long its body took to arrive; sha256 and stored_path stay None."""
+        with self._lock:
+            ticket = self._tickets[file_store_id]
+            ticket.put_count += 1
+            ticket.size = size
+            ticket.put_seconds = seconds
+
+    def report(
+        self, file_store_id: str, *, reject_repeat: bool = False
+    ) -> tuple[int, str, TicketInfo | None]:
         """Records a ReportUploadSuccess; returns (business Code, Message, the ticket as
-        reported, or None when the report was refused)."""
+        reported, or None when the report was refused). With ``reject_repeat``, a ticket
+        reported before is refused (and its count stays as it was)."""
         with self._lock:
             ticket = self._tickets.get(file_store_id)
             if ticket is None:
                 return 404, "file not found", None
             if ticket.put_count == 0:
                 return 400, "file was not uploaded", None
+            if reject_repeat and ticket.reported_count > 0:
+                return REPEAT_REPORT_CODE, REPEAT_REPORT_MESSAGE, None
             ticket.reported_count += 1
             return 200, "", ticket.info()
 
@@ -281,11 +315,18 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         quiet: bool = True,
         on_report: Callable[[TicketInfo], None] | None = None,
+        reject_repeat_reports: bool = False,
+        bench: bool = False,
     ) -> None:
         """Creates ``data_dir`` and binds ``host:port`` (0 picks a free port).
 
+        ``bench`` selects the lean request path for benchmarks (:class:`_LeanHandler`): the
+        same three calls and checks, but PUT bodies are counted and discarded (neither
+        stored nor hashed) and the only fault is ``delay_seconds``.
+
         Raises OSError when the address cannot be bound (``errno.EADDRINUSE`` if taken) and
-        ValueError when ``url_ttl`` is not positive.
+        ValueError when ``url_ttl`` is not positive or, with ``bench``, ``faults`` holds
+        anything but ``delay_seconds``.
         """
         if not (is_number(url_ttl) and math.isfinite(url_ttl) and url_ttl > 0):
             raise ValueError(f"url_ttl must be a positive number of seconds, got {url_ttl!r}")
@@ -300,6 +341,14 @@ class Emulator:
         #: when a drop_after fault then loses that answer). It must be quick and must not
         #: raise; None (the default) for no hook. May be changed at runtime.
         self.on_report = on_report
+        #: When True, a second ReportUploadSuccess of a FileStoreId gets the business error
+        #: REPEAT_REPORT_CODE / REPEAT_REPORT_MESSAGE instead of being accepted again. May be
+        #: changed at runtime.
+        self.reject_repeat_reports = reject_repeat_reports
+        #: Bench mode (read-only): the lean request path, see :class:`_LeanHandler`.
+        self.bench = bench
+        if bench:
+            _check_bench_faults(faults)
         self._clock = clock
         self._injector = FaultInjector(faults)
         self._signer = UrlSigner()
@@ -309,7 +358,7 @@ class Emulator:
         self._serving = False
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self._server = _Server((host, port), self)
+        self._server = _Server((host, port), self, _LeanHandler if bench else _Handler)
 
     # -- lifecycle --
 
@@ -392,6 +441,8 @@ class Emulator:
 
     @faults.setter
     def faults(self, value: Faults) -> None:
+        if self.bench:
+            _check_bench_faults(value)
         self._injector.faults = value
 
     def tickets(self) -> dict[str, TicketInfo]:
@@ -439,7 +490,9 @@ class Emulator:
     def _report(self, file_store_id: str) -> tuple[int, str]:
         """Records a ReportUploadSuccess and calls :attr:`on_report` if it was accepted;
         returns (business Code, Message)."""
-        code, message, info = self._storage.report(file_store_id)
+        code, message, info = self._storage.report(
+            file_store_id, reject_repeat=self.reject_repeat_reports
+        )
         hook = self.on_report
         if info is not None and hook is not None:
             hook(info)
@@ -457,7 +510,12 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        emulator: Emulator,
+        handler: type[socketserver.BaseRequestHandler],
+    ) -> None:
         self.emulator = emulator
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -465,7 +523,7 @@ class _Server(ThreadingHTTPServer):
         self._closing = False
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse-DNS lookup that can
@@ -1040,13 +1098,15 @@ class _Handler(_Connection):
     def _store_put(self, file_store_id: str, length: int, plan: Plan) -> None:
         """Receives the body of a verified PUT, stores it, and answers with its ETag."""
         storage = self.emu._storage
+        started = time.perf_counter()
         received = self._receive(storage.ticket_dir(file_store_id), length)
+        seconds = time.perf_counter() - started
         if received is None:
             storage.count("put_incomplete")
             raise self._drop()
         tmp, sha256, md5 = received
         try:
-            storage.commit_put(file_store_id, tmp, length, sha256)
+            storage.commit_put(file_store_id, tmp, length, sha256, seconds)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()  # only still there if the rename failed
@@ -1070,3 +1130,261 @@ class _Handler(_Connection):
                 return
         body = json.dumps(faults_to_json(self.emu.faults)).encode()
         self._send(200, body, content_type=JSON_TYPE)
+
+
+# --- bench mode: the lean request path --------------------------------------------------
+
+_LEAN_HEAD_LIMIT: Final = 64 * 1024  # a longer request head is refused (431)
+_LEAN_RECV: Final = 4 * 1024 * 1024  # recv_into buffer of PUT bodies: few syscalls per MiB
+_LEAN_JSON: Final = f"Content-Type: {JSON_TYPE}\r\n".encode("ascii")
+_LEAN_XML: Final = f"Content-Type: {XML_TYPE}\r\n".encode("ascii")
+# The Faults fields bench mode accepts at any value: the delay, and settings that inject
+# nothing by themselves. Every other field must keep its default (no fault).
+_BENCH_FAULT_SETTINGS: Final = frozenset(
+    {"delay_seconds", "endpoints", "seed", "retry_after", "slow_seconds"}
+)
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _check_bench_faults(faults: Faults | None) -> None:
+    """Raises ValueError unless ``faults`` injects nothing but ``delay_seconds``."""
+    if faults is None:
+        return
+    used = [
+        f.name
+        for f in dataclasses.fields(faults)
+        if f.name not in _BENCH_FAULT_SETTINGS and getattr(faults, f.name) != f.default
+    ]
+    if used:
+        raise ValueError(f"bench mode injects no faults but delay_seconds, got {used}")
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once per second rather than once per answer."""
+    global _date_cache
+    now = int(time.time())
+    cached = _date_cache
+    if cached[0] != now:
+        cached = _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return cached[1]
+
+
+class _LeanHandler(socketserver.BaseRequestHandler):
+    """Bench mode: one client connection, served with as little Python per request as the
+    three calls allow, so that a benchmark measures its clients and not this server.
+
+    The same routes, authentication, presigned-URL checks (signature, host, expiry, size),
+    business answers, ``on_report`` hook and call counters as :class:`_Handler`; left out
+    are what a benchmark does not need: PUT bodies are received into one large buffer with
+    ``recv_into`` and dropped (not stored, not hashed: :attr:`TicketInfo.sha256` and
+    ``stored_path`` stay None, ``size`` and ``put_seconds`` are set), no ETag, no request
+    log, no chunked bodies (501), no fault but ``delay_seconds`` (the same wait before each
+    answer of the three calls), no ``/_emulator/faults``. HTTP/1.0 connections are closed
+    after one answer.
+    """
+
+    def setup(self) -> None:
+        self.sock = cast(socket.socket, self.request)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.sock.settimeout(_IDLE_TIMEOUT)
+        self.emu = cast(_Server, self.server).emulator
+        self.pending = b""  # bytes received after the current request head
+        self.big: memoryview | None = None  # the body buffer, allocated on first need
+        self.close = False
+        self._expects_continue = False
+
+    def handle(self) -> None:
+        # OSError: the client went away, reset, or idled past the timeout.
+        with contextlib.suppress(OSError, _Stop):
+            while not self.close:
+                head = self._read_head()
+                if head is None:
+                    return
+                self._request(head)
+
+    # -- reading --
+
+    def _read_head(self) -> bytes | None:
+        """The next request head (without its blank line); None when the client closed."""
+        data = self.pending
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                self.pending = data[end + 4 :]
+                return data[:end]
+            if len(data) > _LEAN_HEAD_LIMIT:
+                self.close = True
+                self._send(431, delayed=False)
+                return None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+
+    def _body(self, length: int) -> bytes:
+        """The next ``length`` bytes (a small body); raises _Stop if the client left."""
+        data = self.pending
+        while len(data) < length:
+            chunk = self.sock.recv(max(65536, length - len(data)))
+            if not chunk:
+                raise _Stop
+            data += chunk
+        self.pending = data[length:]
+        return data[:length]
+
+    def _drain(self, length: int) -> bool:
+        """Receives and drops ``length`` body bytes, in large ``recv_into`` calls; False if
+        the client went away first."""
+        take = min(len(self.pending), length)
+        self.pending = self.pending[take:]
+        remaining = length - take
+        if not remaining:
+            return True
+        buf = self.big
+        if buf is None or len(buf) < min(remaining, _LEAN_RECV):
+            buf = self.big = memoryview(bytearray(min(max(remaining, 65536), _LEAN_RECV)))
+        recv_into, size = self.sock.recv_into, len(buf)
+        while remaining:
+            n = recv_into(buf, min(remaining, size))  # never past this body
+            if not n:
+                return False
+            remaining -= n
+        return True
+
+    # -- answering --
+
+    def _send(
+        self, status: int, body: bytes = b"", extra: bytes = b"", *, delayed: bool = True
+    ) -> None:
+        """Sends head and body in one write; the three calls' answers wait ``delay_seconds``
+        first."""
+        if delayed:
+            delay = self.emu._injector.faults.delay_seconds
+            if delay:
+                self.emu._stopping.wait(delay)
+        head = b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n%sContent-Length: %d\r\n%s\r\n" % (
+            status,
+            _phrase(status).encode("ascii"),
+            SERVER_HEADER.encode("ascii"),
+            _http_date(),
+            extra,
+            len(body),
+            b"Connection: close\r\n" if self.close else b"",
+        )
+        self.sock.sendall(head + body)
+
+    def _json(self, status: int, body: bytes) -> None:
+        self._send(status, body, _LEAN_JSON)
+
+    def _xml(self, status: int, code: str, message: str, length: int | None) -> None:
+        """An S3 error answer to a PUT whose body (``length`` bytes) is not wanted."""
+        self._skip(length)
+        extra = b"x-amz-request-id: %s\r\n%s" % (secrets.token_hex(8).upper().encode(), _LEAN_XML)
+        self._send(status, _s3_error(code, message), extra)
+
+    def _skip(self, length: int | None) -> None:
+        """Drops an unwanted body, or closes the connection after the answer when the
+        client is waiting for ``100 Continue`` (it may never send the body) or sent no
+        usable length."""
+        if length is None or self._expects_continue:
+            self.close = True
+        elif not self._drain(length):
+            raise _Stop
+
+    # -- the requests --
+
+    def _request(self, head: bytes) -> None:
+        """Parses one request head and answers it."""
+        try:
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, version = request_line.split(" ")
+        except ValueError:
+            self.close = True
+            self._send(400, delayed=False)
+            return
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if version != "HTTP/1.1" or headers.get("connection", "").lower() == "close":
+            self.close = True
+        self._expects_continue = headers.get("expect", "").lower() == "100-continue"
+        length = _parse_length(headers.get("content-length", "0"))
+        if "transfer-encoding" in headers or length is None:
+            self.close = True
+            self._send(501 if length is not None else 400, delayed=False)
+            return
+        path = target.partition("?")[0]
+        route = path.rstrip("/").lower()
+        if method == "POST" and route in (_PRE_PATH, _REPORT_PATH):
+            self._api("pre" if route == _PRE_PATH else "report", headers, length)
+        elif method == "PUT" and path.startswith(f"/{BUCKET}/"):
+            self._put(target, headers, length)
+        elif method == "GET" and route == "/_emulator/state":
+            self._skip(length)
+            self._send(200, json.dumps(self.emu.state_json()).encode(), _LEAN_JSON, delayed=False)
+        else:
+            self._skip(length)
+            self._send(404, delayed=False)
+
+    def _api(self, endpoint: str, headers: dict[str, str], length: int) -> None:
+        """GetPreUploadUrl ("pre") or ReportUploadSuccess ("report")."""
+        emu = self.emu
+        emu._storage.count(endpoint)
+        if length > MAX_API_BODY:
+            self.close = True
+            self._json(413, _envelope(None, 413, _phrase(413)))
+            return
+        if self._expects_continue:
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        raw = self._body(length)
+        if not emu._key_ok(headers.get("authorization")):
+            emu._storage.count("auth_failed")
+            self._json(401, _envelope(None, 401, "Unauthorized"))
+            return
+        value, problem = _string_field(raw, "fileName" if endpoint == "pre" else "fileStoreID")
+        if value is not None and endpoint == "pre":
+            problem = _file_name_problem(value) or ""
+        if value is None or problem:
+            self._json(200, _envelope(None, 400, problem))
+            return
+        if endpoint == "pre":
+            host = headers.get("host", "")
+            if not _HOST_RE.match(host):
+                host = emu.base_url.removeprefix("http://")
+            file_store_id, url = emu._issue(value, host)
+            self._json(200, _envelope({"FileStoreId": file_store_id, "PreUploadUrl": url}, 200, ""))
+        else:
+            code, message = emu._report(value)
+            self._json(200, _envelope(True if code == 200 else None, code, message))
+
+    def _put(self, target: str, headers: dict[str, str], length: int) -> None:
+        """The presigned PUT: checked as :meth:`_Handler._put` checks it, body dropped."""
+        emu = self.emu
+        emu._storage.count("put")
+        if "authorization" in headers:
+            self._xml(400, "InvalidArgument", "Only one auth mechanism allowed", length)
+            return
+        if "content-length" not in headers:
+            self._xml(411, "MissingContentLength", "You must provide the Content-Length.", None)
+            return
+        verified = emu._verify(target, headers.get("host"))
+        if verified is None:
+            message = "The request signature we calculated does not match the signature."
+            self._xml(403, "SignatureDoesNotMatch", message, length)
+            return
+        file_store_id, expires_at = verified
+        if emu._clock() > expires_at:
+            self._xml(403, "AccessDenied", "Request has expired", length)
+            return
+        if length > MAX_PUT_SIZE:
+            self._xml(400, "EntityTooLarge", "Your proposed upload exceeds the maximum", None)
+            return
+        if self._expects_continue:
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        started = time.perf_counter()
+        if not self._drain(length):
+            emu._storage.count("put_incomplete")
+            raise _Stop
+        emu._storage.count_put(file_store_id, length, time.perf_counter() - started)
+        self._send(200)

@@ -492,7 +492,7 @@ def test_status_json_while_running_matches_what_happened(
 def test_second_daemon_on_same_state_dir_exits_3(
     tmp_path: Path, inbox: Path, emulator: Emulator, procs: list[DaemonProcess]
 ) -> None:
-    """"Already running" has its own exit code (3), which the unit restarts after: a
+    """ "Already running" has its own exit code (3), which the unit restarts after: a
     daemon that merely started while another was exiting is never left down."""
     config = write_config(tmp_path / "c.toml", emulator.base_url, [{"path": str(inbox)}])
     first = launch(procs, config)

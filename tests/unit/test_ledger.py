@@ -35,8 +35,10 @@ from hottask_sync.ledger import (
 )
 
 F = "/watch/in"  # a configured folder
-SIG = FileSig(size=100, mtime_ns=1_700_000_000_000_000_000, ino=42, dev=7)
-OTHER = FileSig(size=101, mtime_ns=1_700_000_000_000_000_000, ino=42, dev=7)
+SIG = FileSig(size=100, mtime_ns=1_700_000_000_000_000_000, ino=42, dev=7, ctime_ns=5)
+OTHER = FileSig(size=101, mtime_ns=1_700_000_000_000_000_000, ino=42, dev=7, ctime_ns=5)
+#: SIG after a chmod (or a same-looking copy into the same inode): only the ctime moved.
+CHMODDED = FileSig(size=100, mtime_ns=1_700_000_000_000_000_000, ino=42, dev=7, ctime_ns=6)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -89,7 +91,7 @@ def test_creates_schema_wal_and_pragmas(ledger: Ledger, tmp_path: Path) -> None:
     assert ledger.path == tmp_path / "state" / "ledger.sqlite3"
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     with raw(ledger) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert {"schema_version", "files", "files_state"} <= tables
@@ -97,7 +99,7 @@ def test_creates_schema_wal_and_pragmas(ledger: Ledger, tmp_path: Path) -> None:
     assert own is not None
     assert own.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     assert own.execute("PRAGMA busy_timeout").fetchone() == (5000,)
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
 
 
 def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
@@ -115,9 +117,9 @@ def test_newer_schema_refused(tmp_path: Path, readonly: bool) -> None:
     Ledger.in_dir(tmp_path).close()
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_version SET version = 2")
+        conn.execute("UPDATE schema_version SET version = 3")
     conn.close()
-    with pytest.raises(LedgerError, match="schema version 2") as info:
+    with pytest.raises(LedgerError, match="schema version 3") as info:
         Ledger(path, readonly=readonly)
     assert str(path) in str(info.value)
 
@@ -464,6 +466,7 @@ CALLS: dict[Op, list[Call]] = {
         Call("stale ticket", _reported("fs-stale"), _never),
     ],
     Op.MARK_DISPOSED: [Call("", lambda led: led.mark_disposed(F, "a"))],
+    Op.MARK_VERIFIED: [Call("", lambda led: led.mark_verified(F, "a", CHMODDED))],
     Op.MARK_PENDING: [
         Call("new sig", lambda led: led.mark_pending(F, "a", OTHER)),
         Call("keep sig", lambda led: led.mark_pending(F, "a")),
@@ -474,6 +477,7 @@ CALLS: dict[Op, list[Call]] = {
         Call("all", lambda led: led.retry_failed()),
     ],
     Op.FORGET: [Call("", lambda led: led.forget(F, "a"))],
+    Op.PRUNE: [Call("gone", lambda led: led.prune_gone(F, ["a"], before=float("inf")))],
     Op.ERROR_TRANSIENT: [Call("", _error(permanent=False, max_attempts=1))],
     Op.ERROR_RETRY: [Call("", _error(permanent=True, max_attempts=9))],
     Op.ERROR_FAIL: [
@@ -534,6 +538,8 @@ def test_ledger_follows_the_table(ledger: Ledger, op: Op, call: Call, source: St
         assert result == 1
     elif op is Op.FORGET:
         assert result is True
+    elif op is Op.PRUNE:
+        assert result == 1
     elif op in (Op.ERROR_TRANSIENT, Op.ERROR_RETRY, Op.ERROR_FAIL):
         assert result == after
     else:
@@ -549,6 +555,8 @@ def _do(led: Ledger, op: Op, seen: FileSig, entry: Entry | None) -> None:
         led.mark_reported(F, "a", file_store_id=entry.file_store_id)
     elif op is Op.MARK_DISPOSED:
         led.mark_disposed(F, "a")
+    elif op is Op.MARK_VERIFIED:
+        led.mark_verified(F, "a", seen)
     else:  # pragma: no cover - a new action needs a case here
         raise AssertionError(op)
 
@@ -557,7 +565,7 @@ PLAN_CASES = [
     pytest.param(state, disposed, seen, dispose, id=f"{state}-{disposed}-{seen.size}-{dispose}")
     for state in SOURCES
     for disposed in ((False, True) if state is State.REPORTED else (False,))
-    for seen in (SIG, OTHER)
+    for seen in (SIG, OTHER, CHMODDED)
     for dispose in (False, True)
 ]
 
@@ -1097,3 +1105,90 @@ def test_snapshot_of_100k_rows_is_fast(tmp_path: Path) -> None:
     assert snap["dir07/file-000007.mp4"] == (State.PENDING, items[7][2], False)
     # A guard against quadratic behaviour (minutes), not a benchmark: bench/ measures it.
     assert t_snap < 10.0
+
+
+# --- the inode change time (schema 2) ---------------------------------------------------------
+
+
+def test_a_version_1_ledger_is_migrated_and_its_rows_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in ledger_module._SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO files (folder, relpath, dev, ino, size, mtime_ns, state, sha256,"
+            " file_store_id, created_at, updated_at)"
+            " VALUES (?, ?, 7, 42, 100, ?, 'reported', 'ab', '9', 0, 0)",
+            (F, b"a", SIG.mtime_ns),
+        )
+    conn.close()
+    with Ledger(path) as led:
+        entry = led.get(F, "a")
+        assert entry is not None and entry.state is State.REPORTED
+        assert entry.sig == FileSig(SIG.size, SIG.mtime_ns, SIG.ino, SIG.dev, None)
+        # A row without a ctime is the same version whatever the file's ctime is now.
+        assert plan(entry, CHMODDED, dispose=False) is Action.SKIP
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    conn.close()
+
+
+def test_ctime_is_recorded_and_read_back_everywhere(ledger: Ledger) -> None:
+    ledger.add_pending([(F, "a", SIG)])
+    ledger.mark_ticketed(F, "a", SIG, "fs-a")
+    assert ledger.get(F, "a").sig == SIG  # type: ignore[union-attr]
+    assert ledger.snapshot(F)["a"][1] == SIG
+    ledger.mark_pending(F, "a", CHMODDED)
+    assert ledger.get(F, "a").sig == CHMODDED  # type: ignore[union-attr]
+
+
+def test_a_failed_file_whose_ctime_changed_is_tried_again(ledger: Ledger) -> None:
+    """`chmod` on an unreadable file that failed: the README says it is tried again when
+    it changes, and a chmod changes only the ctime."""
+    ledger.record_error(F, "a", "cannot read", permanent=True, max_attempts=1, sig=SIG)
+    failed = ledger.get(F, "a")
+    assert failed is not None and failed.state is State.FAILED
+    assert plan(failed, SIG, dispose=False) is Action.FAILED
+    assert plan(failed, CHMODDED, dispose=False) is Action.UPLOAD
+    ledger.add_pending([(F, "a", CHMODDED)])
+    assert ledger.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
+
+
+def test_a_reported_file_whose_ctime_alone_changed_is_verified_not_uploaded(
+    ledger: Ledger,
+) -> None:
+    to_state(ledger, "a", State.REPORTED)
+    reported = ledger.get(F, "a")
+    assert plan(reported, CHMODDED, dispose=False) is Action.VERIFY
+    assert plan(reported, OTHER, dispose=False) is Action.UPLOAD
+    ledger.mark_verified(F, "a", CHMODDED)
+    verified = ledger.get(F, "a")
+    assert verified is not None and verified.state is State.REPORTED
+    assert plan(verified, CHMODDED, dispose=False) is Action.SKIP
+
+
+# --- pruning rows of files that are gone ------------------------------------------------------
+
+
+def test_prune_forgets_only_old_rows_of_files_that_are_gone(tmp_path: Path) -> None:
+    now = [1000.0]
+    with Ledger.in_dir(tmp_path, clock=lambda: now[0]) as led:
+        for name in ("moved", "kept", "deleted", "fresh", "owed"):
+            to_state(led, name, State.REPORTED if name != "owed" else State.PUT)
+        led.mark_disposed(F, "moved")
+        now[0] = 5000.0
+        to_state(led, "fresh", State.REPORTED)  # changed recently: kept
+        led.mark_disposed(F, "fresh")
+        assert led.prune_disposed(F, before=2000.0) == 1  # "moved"; "fresh" is too recent
+        assert led.idle_rows(F, 2000.0, None, 10) == ["deleted", "kept"]  # never "owed"
+        assert led.idle_rows(F, 2000.0, "deleted", 10) == ["kept"]
+        assert led.prune_gone(F, ["deleted", "owed", "fresh"], before=2000.0) == 1
+        assert {
+            name for name in ("moved", "kept", "deleted", "fresh", "owed") if led.get(F, name)
+        } == {
+            "kept",
+            "fresh",
+            "owed",
+        }

@@ -17,7 +17,7 @@ from hottask_sync.config import FolderConfig
 from hottask_sync.files import FileSig
 from hottask_sync.jobs import Job, Key, Outcome, Result
 from hottask_sync.ledger import Entry, State
-from hottask_sync.scheduler import AuthChange, Kind, Scheduler
+from hottask_sync.scheduler import AuthChange, Kind, Scheduler, Step
 from tests.fakes import FakeClock
 
 A = FolderConfig(Path("/srv/a"))
@@ -52,7 +52,6 @@ class World:
             concurrency=self.concurrency,
             clock=self.clock,
             wall=self.wall,
-            stat=self.files.get,
             lookup=self.rows.get,
             auth_probe_seconds=30.0,
         )
@@ -67,8 +66,25 @@ class World:
         self.clock.advance(seconds)
         self.wall.advance(seconds)
 
+    def turn(self) -> Step:
+        """One turn of the runtime's loop, its disk looks answered at once from ``files``:
+        steps until nothing is left to check or look at; returns what came out."""
+        pending: list[tuple[str, str, FileSig]] = []
+        submit: list[Job] = []
+        while True:
+            step = self.s.step()
+            pending += step.pending
+            submit += step.submit
+            for key, token in step.check:
+                self.s.checked(key, token, self.files.get(key))
+            for key in step.look:
+                if key in self.files:
+                    self.s.seen(key, Kind.FILE, self.files[key], from_scan=False)
+            if not step.check and not step.look:
+                return Step(tuple(pending), tuple(submit))
+
     def out(self) -> list[Job]:
-        return list(self.s.step().submit)
+        return list(self.turn().submit)
 
     def settle_all(self) -> list[Job]:
         self.advance(SETTLE)
@@ -93,7 +109,7 @@ def test_a_file_goes_out_once_it_settled_with_its_settled_version(w: World) -> N
     w.advance(SETTLE - 0.1)
     assert w.out() == []
     w.advance(0.1)
-    step = w.s.step()
+    step = w.turn()
     assert step.pending == (("/srv/a", "doc.txt", sig()),)
     assert [(j.key, j.settled, j.probe) for j in step.submit] == [(key, sig(), False)]
     assert w.out() == []  # in flight: not handed out twice
@@ -127,7 +143,7 @@ def test_reported_same_version_is_skipped_and_a_disposal_owed_goes_out_without_a
     w.s.reload([moving, B], settle_seconds=SETTLE, concurrency=2)
     w.write(A, "done.txt")
     w.advance(SETTLE)
-    step = w.s.step()
+    step = w.turn()
     assert step.pending == ()  # DISPOSE: the row is reported, nothing to record
     assert [j.key for j in step.submit] == [key]
 
@@ -234,6 +250,7 @@ def test_a_probe_that_says_nothing_about_the_key_lets_another_follow(w: World) -
     (probe,) = w.out()
     assert probe.probe
     w.s.finished(probe, Result(Outcome.CHANGED))  # no call at all: inconclusive too
+    assert w.out() == []  # the file is looked at again and settles anew meanwhile
     w.advance(30.0)
     assert len(w.out()) == 1
 
@@ -343,10 +360,63 @@ def test_links_and_other_kinds_are_skipped_and_logged_once(w: World) -> None:
     assert w.settle_all() == []
 
 
-def test_resume_queues_owed_reports_and_names_orphans(w: World) -> None:
+def test_resume_queues_owed_reports_including_those_of_folders_no_longer_configured(
+    w: World,
+) -> None:
     owed = Entry("/srv/a", "x", State.PUT, sig(), "ab", "7", 0, 0, None, False, 0.0, 0.0, None)
     orphan = Entry("/gone", "y", State.PUT, sig(), "cd", "8", 0, 0, None, False, 0.0, 0.0, None)
     with structlog.testing.capture_logs() as logs:
         w.s.resume([owed, orphan])
-    assert [(j.key, j.settled) for j in w.out()] == [(("/srv/a", "x"), None)]
+        w.s.resume([owed, orphan])  # a reload resumes again: nothing is queued twice
+    jobs = w.out()
+    assert [(j.key, j.settled, j.orphan) for j in jobs] == [
+        (("/srv/a", "x"), None, False),
+        (("/gone", "y"), None, True),  # the report needs only the FileStoreId
+    ]
+    assert jobs[1].folder.after_upload == "keep"  # its file is never moved or deleted
     assert [e["folder"] for e in logs if e["event"] == "upload.orphaned"] == ["/gone"]
+
+
+def test_a_report_owed_goes_out_even_after_its_folder_is_removed(w: World) -> None:
+    owed = Entry("/srv/b", "y", State.PUT, sig(), "cd", "8", 0, 0, None, False, 0.0, 0.0, None)
+    w.rows[("/srv/b", "y")] = owed
+    w.write(B, "z")
+    w.s.resume([owed])
+    w.s.reload([A], settle_seconds=SETTLE, concurrency=2)
+    (job,) = w.settle_all()  # z is dropped with its folder; y's report is still owed
+    assert (job.key, job.orphan) == (("/srv/b", "y"), True)
+
+
+# --- bounded memory ---------------------------------------------------------------------------
+
+
+def test_events_beyond_the_cap_are_left_to_a_scan_of_their_folder() -> None:
+    w = World()
+    w.s.max_tracked = 3
+    for i in range(3):
+        w.write(A, f"f{i}")
+    w.write(A, "over")  # full: not tracked, its folder is scanned instead
+    w.write(B, "other")
+    w.write(A, "f0")  # a file already tracked is still followed
+    step = w.s.step()
+    assert step.rescan == ("/srv/a", "/srv/b")
+    assert w.s.queued == 3
+    assert w.s.step().rescan == ()  # asked for once
+    # A scan is not capped by events' rule (it waits for room by itself).
+    w.s.scanned("/srv/a", [("over", Kind.FILE, w.files[("/srv/a", "over")])], {})
+    assert w.s.queued == 4
+
+
+def test_the_memory_of_skipped_links_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hottask_sync import scheduler
+
+    monkeypatch.setattr(scheduler, "SKIPPED_REMEMBERED", 5)
+    w = World()
+    with structlog.testing.capture_logs() as logs:
+        for i in range(5):
+            w.s.seen(("/srv/a", f"link{i}"), Kind.LINK, None, from_scan=True)
+        w.s.seen(("/srv/a", "link0"), Kind.LINK, None, from_scan=True)  # remembered
+        w.s.seen(("/srv/a", "link5"), Kind.LINK, None, from_scan=True)  # full: forgets
+        w.s.seen(("/srv/a", "link0"), Kind.LINK, None, from_scan=True)
+    named = [e["path"] for e in logs if e["event"] == "file.skipped"]
+    assert named == ["link0", "link1", "link2", "link3", "link4", "link5", "link0"]
