@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import stat as stat_mod
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from .config import Config, FolderConfig
 from .files import FileSig
@@ -20,6 +22,9 @@ from .scheduler import Kind
 from .watcher import Watcher
 
 log = get_logger("hottask_sync.folders")
+
+#: The folders are checked (gone? back? replaced?) this often.
+CHECK_SECONDS = 2.0
 
 Sighting = tuple[str, Kind, FileSig | None]  # (relative path, what it is, its signature)
 
@@ -64,31 +69,42 @@ def look(path: str) -> tuple[Kind, FileSig | None] | None:
 def walk(root: str, rel_root: str, folder: FolderConfig) -> Iterator[Sighting]:
     """Yields every wanted entry below ``root``; never follows links.
 
+    Streams: one directory is read at a time, entry by entry, so a folder of a million
+    files is never held in memory (only the paths of the subfolders still to read are).
     Unreadable subfolders are logged and skipped.
     """
     stack = [(root, rel_root)]
     while stack:
         path, rel = stack.pop()
         try:
-            with os.scandir(path) as it:
-                entries = list(it)
+            it = os.scandir(path)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning(
                     "folder.unreadable", folder=folder.key, path=rel or ".", error=exc.strerror
                 )
             continue
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if folder.recursive and folder.selector.may_descend(child):
-                        stack.append((entry.path, child))
+        with it:
+            for entry in _entries(it):
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if folder.recursive and folder.selector.may_descend(child):
+                            stack.append((entry.path, child))
+                        continue
+                    if folder.selector.wants(child):
+                        yield (child, *classify(entry.stat(follow_symlinks=False)))
+                except OSError:
                     continue
-                if folder.selector.wants(child):
-                    yield (child, *classify(entry.stat(follow_symlinks=False)))
-            except OSError:
-                continue
+
+
+def _entries(it: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:
+    """The entries of a directory being read; a read error ends it (like ENOENT: the
+    directory went away while it was read)."""
+    try:
+        yield from it
+    except OSError:
+        return
 
 
 def relpath(folder: FolderConfig, path: str) -> str | None:
@@ -155,7 +171,7 @@ class FolderWatches:
         self._ids: dict[str, tuple[int, int] | None] = {}  # (st_dev, st_ino) watched
         self._relinked: set[str] = set()  # missing because relinked, and said so
 
-    def watch(self, folder: FolderConfig) -> bool:
+    def watch(self, folder: FolderConfig, *, poll: bool = False) -> bool:
         """Starts watching ``folder`` at its real path; returns False (and logs why) when it
         cannot: it is missing, or its path now leads through a link elsewhere."""
         self.missing.discard(folder.key)
@@ -169,7 +185,7 @@ class FolderWatches:
             return False
         folder_id = _dir_id(folder.path)
         try:
-            how = self.watcher.add(folder)
+            how = self.watcher.add(folder, poll=poll)
         except OSError as exc:
             self.missing.add(folder.key)
             log.error("folder.unwatchable", folder=folder.key, error=exc.strerror)
@@ -256,3 +272,102 @@ class FolderWatches:
             hint="its path now leads through a link to another folder; reload the config "
             "(systemctl reload hottask-sync) to watch that one",
         )
+
+
+class FolderKeeper:
+    """The watches, kept on a thread of their own: set up at start, checked every
+    :data:`CHECK_SECONDS` (gone, back, replaced), reconciled at a reload. Setting up a
+    recursive watch walks the tree, and a check of a hung network mount never returns:
+    neither may run on the loop that feeds the service watchdog.
+
+    After it watches a folder (at start, when it comes back, after a reload) it asks
+    ``scan`` for a scan of it, so that no file created before the watch is missed.
+    """
+
+    def __init__(
+        self, watches: FolderWatches, scan: Callable[[tuple[FolderConfig, ...]], None]
+    ) -> None:
+        self._watches = watches
+        self._scan = scan
+        self._folders: tuple[FolderConfig, ...] = ()
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="folders", daemon=True)
+        #: The keys of the folders missing now (a new frozenset each time: read it whole).
+        self.missing: frozenset[str] = frozenset()
+
+    def start(self, folders: Iterable[FolderConfig]) -> None:
+        """Starts the thread: it watches every folder, then asks for their scan."""
+        self._folders = tuple(folders)
+        self._tasks.put(lambda: self._watch_all(self._folders))
+        self._thread.start()
+
+    def reload(self, folders: Iterable[FolderConfig]) -> None:
+        """New folders: watches of removed ones go, new or changed ones are watched, then
+        every folder is scanned (a reload, and `retry`, look at every file again)."""
+        wanted = tuple(folders)
+
+        def task() -> None:
+            self._watches.reconcile(self._folders, wanted)
+            self._folders = wanted
+            self._publish()
+            self._scan(self._present(wanted))
+
+        self._tasks.put(task)
+
+    def stop(self, timeout: float) -> None:
+        self._tasks.put(None)
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _watch_all(self, folders: tuple[FolderConfig, ...]) -> None:
+        for folder in folders:
+            self._watches.watch(folder)
+        self._publish()
+        self._scan(self._present(folders))
+
+    def _present(self, folders: tuple[FolderConfig, ...]) -> tuple[FolderConfig, ...]:
+        return tuple(f for f in folders if f.key not in self._watches.missing)
+
+    def _publish(self) -> None:
+        self.missing = frozenset(self._watches.missing)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=CHECK_SECONDS)
+            except queue.Empty:
+                task = self._check
+            if task is None:
+                return
+            try:
+                task()
+            except Exception:  # a bug must not end the thread that keeps the watches
+                log.exception("folders.crashed")
+
+    def _check(self) -> None:
+        back = self._watches.check(self._folders) + self._poll_blind()
+        self._publish()
+        if back:
+            self._scan(tuple(back))
+
+    def _poll_blind(self) -> list[FolderConfig]:
+        """Folders with a subfolder inotify could not watch are polled from now on (and
+        scanned, for what was missed meanwhile)."""
+        polled = []
+        for key, path in self._watches.watcher.blind().items():
+            folder = next((f for f in self._folders if f.key == key), None)
+            if folder is None:
+                continue
+            log.error(
+                "watch.limit_reached",
+                folder=key,
+                path=path,
+                hint="a subfolder could not be watched: raise fs.inotify.max_user_watches "
+                "(e.g. sysctl fs.inotify.max_user_watches=524288); polling this folder "
+                "until restart",
+            )
+            if self._watches.watch(folder, poll=True):
+                polled.append(folder)
+        return polled

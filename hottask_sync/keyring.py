@@ -8,8 +8,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from . import logs
 from .config import ApiConfig, ApiKey, resolve_api_key
 from .errors import KeyNotFoundError
+
+log = logs.get_logger("hottask_sync.daemon")
 
 #: A key read taking longer than this is given up (the running key is kept).
 READ_TIMEOUT_SECONDS = 5.0
@@ -80,4 +83,18 @@ class KeyReader:
                 )
         if answer is not None:
             self._deadline = None
+        return answer
+
+    def take(self, current: ApiKey) -> ApiKey | None:
+        """Returns the key a read that ended found, when it differs from ``current`` (it is
+        redacted from the logs from now on); logs a read that failed (the running key is
+        kept). None otherwise."""
+        answer = self.poll()
+        if isinstance(answer, KeyNotFoundError):
+            log.error("auth.key_unreadable", error=str(answer), hint="keeping the running key")
+            return None
+        if answer is None or answer.value == current.value:
+            return None
+        logs.set_secrets([answer.value, current.value])
+        log.info("auth.key_reloaded", key_source=answer.source)
         return answer

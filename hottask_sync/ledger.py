@@ -793,7 +793,89 @@ class _LedgerReads:
         return [_entry(row) for row in rows]
 
 
-class Ledger(_LedgerReads):
+class _LedgerUpkeep(_LedgerReads):
+    """A ledger's upkeep, beside the transitions of single files: pruning the rows of files
+    that are gone, carrying rows over to a folder's new spelling, probing for writability."""
+
+    def probe_write(self) -> None:
+        """Raises LedgerError unless the ledger can be written again: room for a new file
+        beside it (written and synced, then removed) and a transaction that commits."""
+        probe = self.path.with_name(f".probe-{os.getpid()}")
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise LedgerError(f"ledger {self.path}: cannot write beside it: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        with self._store.transaction() as conn:
+            conn.execute("UPDATE schema_version SET version = version")
+
+    def prune_disposed(self, folder: str, before: float) -> int:
+        """Deletes the rows of files moved or deleted after their upload, last changed
+        before ``before`` (a time of the ledger's clock); returns how many."""
+        with self._store.transaction() as conn:
+            return conn.execute(
+                f"DELETE FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
+                " AND disposed = 1 AND updated_at < ?",
+                (folder, before),
+            ).rowcount
+
+    def idle_rows(self, folder: str, before: float, after: str | None, limit: int) -> list[str]:
+        """Returns up to ``limit`` paths, in order and past ``after``, of rows that pruning
+        may delete once their file is gone: reported or failed, not disposed of, last
+        changed before ``before``. A prune pass pages through a folder with it."""
+        sql = (
+            f"SELECT relpath FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
+            " AND disposed = 0 AND updated_at < ?"
+        )
+        params: tuple[object, ...] = (folder, before)
+        if after is not None:
+            sql += " AND relpath > ?"
+            params += (os.fsencode(after),)
+        with self._store.reading() as conn:
+            rows = conn.execute(f"{sql} ORDER BY relpath LIMIT ?", (*params, limit))
+            return [os.fsdecode(r) for (r,) in rows]
+
+    def prune_gone(self, folder: str, relpaths: Sequence[str], before: float) -> int:
+        """Deletes the rows of these paths (their files are gone) that pruning may delete
+        and that were last changed before ``before``; returns how many."""
+        deleted = 0
+        with self._store.transaction() as conn:
+            for start in range(0, len(relpaths), _IN_LIMIT):
+                chunk = [os.fsencode(r) for r in relpaths[start : start + _IN_LIMIT]]
+                marks = ", ".join("?" * len(chunk))
+                deleted += conn.execute(
+                    f"DELETE FROM files WHERE folder = ? AND relpath IN ({marks})"
+                    f" AND {_state_in(Op.PRUNE)} AND updated_at < ?",
+                    (folder, *chunk, before),
+                ).rowcount
+        return deleted
+
+    def adopt_folder(self, old_key: str, new_key: str) -> int:
+        """Moves every row of folder ``old_key`` to folder ``new_key`` in ONE transaction
+        (each keeps its state, signature, ticket and hash) and returns how many moved.
+
+        For a folder whose key changed spelling (resolved to its real path). A file with a
+        row under both keys keeps the one under ``new_key``, the newer record; the one under
+        ``old_key`` is dropped, a ``put`` one included: reporting its ticket now could report
+        a file the newer row has already reported under another. Not a state transition, so
+        outside :data:`TRANSITIONS`. Raises LedgerError when it cannot commit.
+        """
+        if old_key == new_key:
+            return 0
+        with self._store.transaction() as conn:
+            moved = conn.execute(
+                "UPDATE OR IGNORE files SET folder = ? WHERE folder = ?", (new_key, old_key)
+            ).rowcount
+            conn.execute("DELETE FROM files WHERE folder = ?", (old_key,))
+        return int(moved)
+
+
+class Ledger(_LedgerUpkeep):
     """The SQLite ledger. Thread-safe: one connection used under a lock.
 
     Every method raises :class:`LedgerError` when the database cannot be read or written,
@@ -1066,47 +1148,6 @@ class Ledger(_LedgerReads):
         with self._store.transaction() as conn:
             return conn.execute(_FORGET_SQL, (folder, os.fsencode(relpath))).rowcount > 0
 
-    def prune_disposed(self, folder: str, before: float) -> int:
-        """Deletes the rows of files moved or deleted after their upload, last changed
-        before ``before`` (a time of the ledger's clock); returns how many."""
-        with self._store.transaction() as conn:
-            return conn.execute(
-                f"DELETE FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
-                " AND disposed = 1 AND updated_at < ?",
-                (folder, before),
-            ).rowcount
-
-    def idle_rows(self, folder: str, before: float, after: str | None, limit: int) -> list[str]:
-        """Returns up to ``limit`` paths, in order and past ``after``, of rows that pruning
-        may delete once their file is gone: reported or failed, not disposed of, last
-        changed before ``before``. A prune pass pages through a folder with it."""
-        sql = (
-            f"SELECT relpath FROM files WHERE folder = ? AND {_state_in(Op.PRUNE)}"
-            " AND disposed = 0 AND updated_at < ?"
-        )
-        params: tuple[object, ...] = (folder, before)
-        if after is not None:
-            sql += " AND relpath > ?"
-            params += (os.fsencode(after),)
-        with self._store.reading() as conn:
-            rows = conn.execute(f"{sql} ORDER BY relpath LIMIT ?", (*params, limit))
-            return [os.fsdecode(r) for (r,) in rows]
-
-    def prune_gone(self, folder: str, relpaths: Sequence[str], before: float) -> int:
-        """Deletes the rows of these paths (their files are gone) that pruning may delete
-        and that were last changed before ``before``; returns how many."""
-        deleted = 0
-        with self._store.transaction() as conn:
-            for start in range(0, len(relpaths), _IN_LIMIT):
-                chunk = [os.fsencode(r) for r in relpaths[start : start + _IN_LIMIT]]
-                marks = ", ".join("?" * len(chunk))
-                deleted += conn.execute(
-                    f"DELETE FROM files WHERE folder = ? AND relpath IN ({marks})"
-                    f" AND {_state_in(Op.PRUNE)} AND updated_at < ?",
-                    (folder, *chunk, before),
-                ).rowcount
-        return deleted
-
     def _advance(
         self,
         op: Op,
@@ -1121,25 +1162,6 @@ class Ledger(_LedgerReads):
         """One transaction of :func:`_advance_row`: ``op`` on one row, or IllegalTransition."""
         with self._store.transaction(durable=durable) as conn:
             _advance_row(conn, self.path, op, folder, relpath, assignments, values, file_store_id)
-
-    def adopt_folder(self, old_key: str, new_key: str) -> int:
-        """Moves every row of folder ``old_key`` to folder ``new_key`` in ONE transaction
-        (each keeps its state, signature, ticket and hash) and returns how many moved.
-
-        For a folder whose key changed spelling (resolved to its real path). A file with a
-        row under both keys keeps the one under ``new_key``, the newer record; the one under
-        ``old_key`` is dropped, a ``put`` one included: reporting its ticket now could report
-        a file the newer row has already reported under another. Not a state transition, so
-        outside :data:`TRANSITIONS`. Raises LedgerError when it cannot commit.
-        """
-        if old_key == new_key:
-            return 0
-        with self._store.transaction() as conn:
-            moved = conn.execute(
-                "UPDATE OR IGNORE files SET folder = ? WHERE folder = ?", (new_key, old_key)
-            ).rowcount
-            conn.execute("DELETE FROM files WHERE folder = ?", (old_key,))
-        return int(moved)
 
 
 #: What a scan needs of a row: its state, the version it records, whether it was disposed.

@@ -51,6 +51,7 @@ class WorkerPool:
         # Per worker thread, written only by it: [key or None when idle, stage, last beat].
         self._beats: dict[str, list[Any]] = {}
         self._local = threading.local()
+        self._named: set[Key] = set()  # stuck workers' files, named once
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.target = 0
@@ -84,6 +85,25 @@ class WorkerPool:
             if key is not None and now - at > bound:
                 found.append(Stuck(name, key, stage, now - at))
         return found
+
+    def check_progress(self, bound: float) -> list[Stuck]:
+        """Returns the stuck workers (see :meth:`stuck`), naming each newly stuck one in an
+        error: which file, which stage, how long silent."""
+        stuck = self.stuck(bound)
+        for s in stuck:
+            if s.key not in self._named:
+                log.error(
+                    "daemon.stuck",
+                    thread=s.thread,
+                    folder=s.key[0],
+                    path=s.key[1],
+                    stage=s.stage,
+                    silent_s=round(s.seconds, 1),
+                    hint="no progress in far longer than the timeouts allow; the watchdog "
+                    "will restart the service",
+                )
+        self._named = {s.key for s in stuck}
+        return stuck
 
     def alive(self) -> bool:
         """True while as many worker threads run as asked for."""

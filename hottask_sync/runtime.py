@@ -12,7 +12,6 @@ import contextlib
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -25,19 +24,19 @@ from .client import CHUNK_SIZE, HotTaskClient
 from .config import (
     MAX_SHUTDOWN_GRACE_SECONDS,
     Config,
-    FolderConfig,
     load_config,
     resolve_api_key,
 )
-from .errors import ConfigError, KeyNotFoundError, LedgerError, UserError
-from .jobs import Job, Key
+from .errors import ConfigError, LedgerError, UserError
+from .intake import HINTS_MAX, Intake
+from .jobs import Job
 from .keyring import KeyReader
 from .ledger import Ledger, State
-from .lookups import Checked, Lookups
 from .metrics import Metrics
 from .notify import Notifier
+from .outage import Outage
 from .pool import WorkerPool
-from .scanner import Batch, Scanner
+from .scanner import Scanner
 from .scheduler import Scheduler
 from .signals import Signals
 from .statedir import LOCK_WAIT_SECONDS, check_filesystem, lock_state_dir
@@ -47,19 +46,11 @@ from .watcher import Watcher
 
 log = logs.get_logger("hottask_sync.daemon")
 
-FOLDER_CHECK_SECONDS = 2.0
 #: After the grace period, an aborted PUT needs a moment to unwind.
 ABORT_WAIT_SECONDS = 5.0
 #: Then every thread gets this long, all together, to end (they are daemon threads: one
 #: that hangs on a dead mount is left behind, not waited for).
 JOIN_SECONDS = 2.0
-#: A scan pauses while the scheduler holds this many files, and goes on below the low mark.
-BACKLOG_HIGH = 20_000
-BACKLOG_LOW = 10_000
-#: Watcher hints waiting for the main loop, and look-ups waiting for their thread, at most;
-#: beyond, a flood of events is left to a rescan.
-HINTS_MAX = 50_000
-LOOKUPS_MAX = 5_000
 #: The main loop looks at its clock at least this often.
 MAX_SLEEP_SECONDS = 5.0
 
@@ -84,17 +75,15 @@ class Runtime:
         self.abort = threading.Event()
         self.paused = threading.Event()  # the scheduler's auth pause, as the workers see it
         self._wake = threading.Event()
-        self._hints: deque[tuple[str, str, bool]] = deque()
-        self._rescan_now = False
         self._fatal: LedgerError | None = None
-        self._stuck_logged: set[Key] = set()
         self.signals = Signals(self._wake.set)
         self.pool = WorkerPool(lambda job: self.uploader.run(job), self._wake.set)
-        self.watches = fs.FolderWatches(Watcher(self._hint, self._overflowed))
-        self.lookups = Lookups(self._wake.set)
+        self.watches = fs.FolderWatches(
+            Watcher(lambda *hint: self.intake.hint(*hint), lambda: self.intake.overflowed())
+        )
+        self.keeper = fs.FolderKeeper(self.watches, lambda folders: self.intake.scan(*folders))
         self.keys = KeyReader(self._wake.set, self.clock)
         self._probe: Job | None = None  # held until the key is read again
-        self.scanner: Scanner | None = None
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -163,11 +152,14 @@ class Runtime:
             max_tracked=HINTS_MAX,
         )
         self.board = StatusBoard(self.notifier, self.metrics)
-        self.scanner = Scanner(
-            self.ledger.path,
+        self.intake = Intake(
             self._wake.set,
-            clock=self.clock,
-            retention_days=cfg.sync.ledger_retention_days,
+            Scanner(
+                self.ledger.path,
+                self._wake.set,
+                clock=self.clock,
+                retention_days=cfg.sync.ledger_retention_days,
+            ),
         )
 
     def _start(self) -> None:
@@ -182,17 +174,14 @@ class Runtime:
             settle_seconds=cfg.sync.settle_seconds,
         )
         fs.adopt_spellings(self.ledger, cfg.folders)  # before anything reads the ledger
-        self.lookups.start()
+        self.intake.start()
         self.watches.watcher.start()
-        for folder in cfg.folders:
-            self.watches.watch(folder)
         self.scheduler.resume(self.ledger.in_state(State.PUT))
-        assert self.scanner is not None
-        self.scanner.start()
-        self._scan_all()  # in the scanner's thread: ready does not wait for it
+        # Watches, then their scans, on threads of their own: ready waits for neither.
+        self.keeper.start(cfg.folders)
         self.pool.resize(cfg.sync.concurrency)
         self.board.start(self.ledger, self._wake.set)
-        self.board.refresh(self.scheduler, self.watches.missing)
+        self.board.refresh(self.scheduler, self.keeper.missing)
         self.notifier.ready(self.board.line)
         log.info("daemon.ready", waiting=len(self.scheduler.settler), queued=self.scheduler.queued)
 
@@ -209,7 +198,7 @@ class Runtime:
         self._finish_in_flight(grace)
         deadline = self.clock() + JOIN_SECONDS
         self.watches.watcher.stop(timeout=max(0.0, deadline - self.clock()))
-        for part in (self.lookups, self.scanner, self.board):
+        for part in (self.keeper, self.intake, self.board):
             if part is not None:
                 part.stop(timeout=max(0.0, deadline - self.clock()))
         self.notifier.close()
@@ -244,7 +233,6 @@ class Runtime:
         period = self.config.sync.rescan_seconds
         now = self.clock()
         next_rescan = now + period if period else float("inf")
-        next_check = now + FOLDER_CHECK_SECONDS
         interval = self.notifier.watchdog_interval
         # No watchdog: no ping deadline (a past one would make every wait time out at once).
         next_ping = now if interval is not None else float("inf")
@@ -253,27 +241,23 @@ class Runtime:
                 now = self.clock()
                 if self.signals.reload_requested:
                     self.signals.reload_requested = False
-                    self._reload()
-                    next_rescan = now  # a reload (and `retry`) looks at every folder again
-                self._drain_hints()
-                self._drain_answers()
-                self._drain_scans()
-                self._drain_results()
-                if self._rescan_now or now >= next_rescan:
-                    self._rescan_now = False
-                    self._scan_all()
+                    self._reload()  # the folder keeper then scans every folder again
                     period = self.config.sync.rescan_seconds
                     next_rescan = now + period if period else float("inf")
-                if now >= next_check:
-                    self._scan(*self.watches.check(self.scheduler.folders.values()))
-                    next_check = now + FOLDER_CHECK_SECONDS
+                self.intake.drain(self.scheduler)
+                self._drain_results()
+                if self.intake.rescan_now or now >= next_rescan:
+                    self.intake.rescan_now = False
+                    self.intake.scan_all(self.scheduler, self.keeper.missing)
+                    period = self.config.sync.rescan_seconds
+                    next_rescan = now + period if period else float("inf")
                 self._step()
-                self.board.refresh(self.scheduler, self.watches.missing)
+                self.board.refresh(self.scheduler, self.keeper.missing)
                 if interval is not None and now >= next_ping:
                     if self._healthy():
                         self.notifier.watchdog()
                     next_ping = now + interval
-                self._sleep(now, next_rescan, next_check, next_ping)
+                self._sleep(now, next_rescan, next_ping)
         except LedgerError as exc:
             # A worker's failed write or the main thread's own (pending rows): either way
             # nothing more can be recorded.
@@ -281,9 +265,37 @@ class Runtime:
                 "ledger.failed",
                 error=str(exc),
                 hint="uploads stopped: the ledger cannot record progress (disk full or "
-                "read-only?); exiting so the service manager restarts it",
+                "read-only?); waiting until it can, then exiting for a restart",
             )
             self._fatal = exc
+            self._wait_out(exc, next_ping)
+
+    def _wait_out(self, error: LedgerError, next_ping: float) -> None:
+        """Keeps the watchdog fed while the ledger cannot be written; returns once it can
+        (or on SIGTERM). Nothing is handed out meanwhile."""
+        for job in self.pool.close():
+            self.scheduler.forget_in_flight(job)
+        outage = Outage(self.clock())
+        interval = self.notifier.watchdog_interval
+        self.notifier.status(f"waiting: the ledger cannot be written ({error})")
+        while not self.signals.stop_requested:
+            now = self.clock()
+            if interval is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + interval
+            if outage.probe_due(now):
+                try:
+                    self.ledger.probe_write()
+                except LedgerError as exc:
+                    if outage.remind_due(now):
+                        log.error("ledger.still_failing", error=str(exc))
+                else:
+                    log.info("ledger.writable", hint="exiting for a restart that resumes")
+                    return
+            self._wake.wait(max(0.0, min(outage.next_probe, next_ping) - now))
+            self._wake.clear()
+            while self.pool.results:  # running uploads end (they cannot record either)
+                self.scheduler.forget_in_flight(self.pool.results.popleft()[0])
 
     def _sleep(self, now: float, *deadlines: float) -> None:
         candidates = list(deadlines)
@@ -295,32 +307,20 @@ class Runtime:
         self._wake.clear()
 
     def _healthy(self) -> bool:
-        """Threads alive and every busy worker making progress; logs what is stuck."""
-        stuck = self.pool.stuck(progress_bound(self.config))
-        for s in stuck:
-            if s.key not in self._stuck_logged:
-                log.error(
-                    "daemon.stuck",
-                    thread=s.thread,
-                    folder=s.key[0],
-                    path=s.key[1],
-                    stage=s.stage,
-                    silent_s=round(s.seconds, 1),
-                    hint="no progress in far longer than the timeouts allow; the watchdog "
-                    "will restart the service",
-                )
-        self._stuck_logged = {s.key for s in stuck}
+        """Threads alive and every busy worker making progress (the stuck are named)."""
+        stuck = self.pool.check_progress(progress_bound(self.config))
         return self.watches.watcher.healthy() and self.pool.alive() and not stuck
 
     def _step(self) -> None:
         step = self.scheduler.step()
-        for key, token in step.check:
-            self.lookups.check(key, token)
-        for key in step.look:
-            self.lookups.look(key)
-        self._scan(*(f for k in step.rescan if (f := self.scheduler.folders.get(k))))
+        self.intake.ask(step, self.scheduler)
         if step.pending:
-            self.ledger.add_pending(step.pending)
+            try:
+                self.ledger.add_pending(step.pending)
+            except LedgerError:
+                for job in step.submit:  # never handed out: not in flight
+                    self.scheduler.forget_in_flight(job)
+                raise
             self.board.mark_stale()
         for job in step.submit:
             if job.probe:
@@ -334,51 +334,14 @@ class Runtime:
     def _take_key(self) -> None:
         """Applies a key read that ended (a new key reaches the workers as a new Uploader
         snapshot), then lets a probe held for it go."""
-        answer = self.keys.poll()
-        if isinstance(answer, KeyNotFoundError):
-            log.error("auth.key_unreadable", error=str(answer), hint="keeping the running key")
-        elif answer is not None and answer.value != self.key.value:
-            logs.set_secrets([answer.value, self.key.value])
-            log.info("auth.key_reloaded", key_source=answer.source)
-            self.key = answer
+        if (key := self.keys.take(self.key)) is not None:
+            self.key = key
             self.uploader = replace(
-                self.uploader, client=self.client.with_key(answer.value), key_source=answer.source
+                self.uploader, client=self.client.with_key(key.value), key_source=key.source
             )
         if self._probe is not None and not self.keys.busy:
             self.pool.submit(self._probe)
             self._probe = None
-
-    # --- events in ---------------------------------------------------------------------------
-
-    def _hint(self, folder_key: str, path: str, is_dir: bool) -> None:
-        """Called on watchdog's thread: queue the path and wake the main loop. A flood
-        beyond HINTS_MAX is dropped and left to a rescan, which keeps memory bounded."""
-        if len(self._hints) < HINTS_MAX:
-            self._hints.append((folder_key, path, is_dir))
-        else:
-            self._rescan_now = True
-        self._wake.set()
-
-    def _overflowed(self) -> None:
-        self._rescan_now = True
-        self._wake.set()
-
-    def _drain_hints(self) -> None:
-        while self._hints and self.lookups.backlog() < LOOKUPS_MAX:
-            folder_key, path, is_dir = self._hints.popleft()
-            folder = self.scheduler.folders.get(folder_key)
-            if folder is not None:
-                self.lookups.hint(folder, path, is_dir)
-
-    def _drain_answers(self) -> None:
-        answers = self.lookups.answers
-        while answers:
-            answer = answers.popleft()
-            if isinstance(answer, Checked):
-                self.scheduler.checked(answer.key, answer.token, answer.sig)
-                continue
-            for rel, kind, sig in answer.sightings:
-                self.scheduler.seen((answer.folder_key, rel), kind, sig, from_scan=False)
 
     def _drain_results(self) -> None:
         results = self.pool.results
@@ -392,37 +355,6 @@ class Runtime:
             if change is not None:
                 announce_auth(change, result, self.key.source, self.metrics)
         (self.paused.set if self.scheduler.paused else self.paused.clear)()
-
-    def _scan_all(self) -> None:
-        self._scan(
-            *(f for f in self.scheduler.folders.values() if f.key not in self.watches.missing)
-        )
-
-    def _scan(self, *folders: FolderConfig) -> None:
-        if folders and self.scanner is not None:
-            self.scanner.request(folders)
-
-    def _drain_scans(self) -> None:
-        assert self.scanner is not None
-        results = self.scanner.results
-        while results:
-            item = results.popleft()
-            if isinstance(item, Batch):
-                self.scheduler.scanned(item.folder_key, item.entries, item.known)
-            else:
-                log.info(
-                    "rescan.finished",
-                    folders=item.folders,
-                    entries=item.entries,
-                    duration_ms=round(item.seconds * 1000, 1),
-                    waiting=len(self.scheduler.settler),
-                )
-        # Backpressure: a scan waits while the scheduler holds many files.
-        queued = self.scheduler.queued
-        if queued >= BACKLOG_HIGH:
-            self.scanner.may_go.clear()
-        elif queued <= BACKLOG_LOW:
-            self.scanner.may_go.set()
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -438,15 +370,14 @@ class Runtime:
         restart = _restart_needed(old, new)
         if restart:
             log.warning("config.restart_needed", keys=restart, hint="these take effect on restart")
-        self.watches.reconcile(self.scheduler.folders.values(), new.folders)
+        self.keeper.reload(new.folders)
         self.scheduler.reload(
             new.folders, settle_seconds=new.sync.settle_seconds, concurrency=new.sync.concurrency
         )
         # A report owed in a folder added back is resumed (others are under way already).
         self.scheduler.resume(self.ledger.in_state(State.PUT))
         self.pool.resize(new.sync.concurrency)
-        if self.scanner is not None:
-            self.scanner.retention_days = new.sync.ledger_retention_days
+        self.intake.scanner.retention_days = new.sync.ledger_retention_days
         logs.set_level(new.logging.level)
         self.uploader = replace(
             self.uploader,

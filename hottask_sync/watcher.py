@@ -76,9 +76,24 @@ class _OverflowReportingInotifyFD(InotifyFD):
     here depends on what watchdog logs about it, or at which level.
     """
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self, on_overflow: Callable[[], None], on_watch_failed: Callable[[bytes], None]
+    ) -> None:
         super().__init__()
         self._on_overflow = on_overflow
+        self._on_watch_failed = on_watch_failed
+
+    def add_callback(
+        self, path: bytes, mask: Any, callback: Any, id_: Any
+    ) -> Any:  # watchdog's types
+        # watchdog swallows every error adding a watch below a folder's root (ENOSPC, the
+        # watch limit, included): the subfolder would then be silently unwatched.
+        try:
+            return super().add_callback(path, mask, callback, id_)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                self._on_watch_failed(path)
+            raise
 
     def handle_event(self, event: InotifyEvent) -> None:
         try:
@@ -103,8 +118,10 @@ class _InotifyObserver(InotifyObserver):
     every emitter; this does the same with ours (``on_thread_stop`` stops it as usual).
     """
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        self._inotify_fd = _OverflowReportingInotifyFD(on_overflow)
+    def __init__(
+        self, on_overflow: Callable[[], None], on_watch_failed: Callable[[bytes], None]
+    ) -> None:
+        self._inotify_fd = _OverflowReportingInotifyFD(on_overflow, on_watch_failed)
         self._inotify_fd.start()
         BaseObserver.__init__(
             self, InotifyEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd
@@ -116,7 +133,12 @@ class Watcher:
 
     def __init__(self, sink: HintSink, on_overflow: Callable[[], None]) -> None:
         self.sink = sink
-        self._inotify: BaseObserver = _InotifyObserver(on_overflow)
+        self._inotify: BaseObserver = _InotifyObserver(on_overflow, self._watch_failed)
+        # Folders with a subfolder inotify could not watch (its limit reached): key -> path.
+        # Own lock: a failure is reported from inside schedule(), under self._lock.
+        self._roots: dict[str, str] = {}
+        self._blind: dict[str, str] = {}
+        self._blind_lock = threading.Lock()
         self._polling: BaseObserver | None = None
         self._watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
         self._lock = threading.Lock()
@@ -130,12 +152,16 @@ class Watcher:
             self._polling.start()
         return self._polling
 
-    def add(self, folder: FolderConfig) -> str:
-        """Starts watching ``folder``; returns "inotify" or "polling".
+    def add(self, folder: FolderConfig, *, poll: bool = False) -> str:
+        """Starts watching ``folder``; returns "inotify" or "polling" (always with ``poll``).
 
         Falls back to polling (with an error naming fs.inotify.max_user_watches) when the
-        inotify watch or instance limit is reached. Raises OSError for anything else.
+        inotify watch or instance limit is reached. Raises OSError for anything else. A
+        subfolder that could not be watched is reported by :meth:`blind` instead.
         """
+        with self._blind_lock:
+            self._roots[folder.key] = str(folder.path)
+            self._blind.pop(folder.key, None)
         handler = _Handler(folder.key, self.sink)
         kwargs: dict[str, Any] = {
             "recursive": folder.recursive,
@@ -144,7 +170,7 @@ class Watcher:
         }
         with self._lock:
             self._remove_locked(folder.key)
-            if not folder.poll:
+            if not (folder.poll or poll):
                 try:
                     watch = self._inotify.schedule(handler, str(folder.path), **kwargs)
                 except OSError as exc:
@@ -161,6 +187,8 @@ class Watcher:
                 else:
                     self._watches[folder.key] = (self._inotify, watch)
                     return "inotify"
+            with self._blind_lock:
+                self._blind.pop(folder.key, None)  # polled: nothing below it is blind
             poller = self._poller()
             watch = poller.schedule(handler, str(folder.path), **kwargs)
             self._watches[folder.key] = (poller, watch)
@@ -168,8 +196,26 @@ class Watcher:
 
     def remove(self, folder_key: str) -> None:
         """Stops watching the folder (a no-op when it is not watched)."""
+        with self._blind_lock:
+            self._roots.pop(folder_key, None)
+            self._blind.pop(folder_key, None)
         with self._lock:
             self._remove_locked(folder_key)
+
+    def blind(self) -> dict[str, str]:
+        """Returns (and forgets) the folders with a subfolder inotify could not watch, each
+        with the first such path: they must be polled, or their files wait for a rescan."""
+        with self._blind_lock:
+            blind, self._blind = self._blind, {}
+        return blind
+
+    def _watch_failed(self, path: bytes) -> None:
+        """Called by the inotify reader (or inside schedule) for a subfolder not watched."""
+        where = os.fsdecode(path)
+        with self._blind_lock:
+            for key, root in self._roots.items():
+                if where == root or where.startswith(root.rstrip("/") + "/"):
+                    self._blind.setdefault(key, where)
 
     def _remove_locked(self, folder_key: str) -> None:
         entry = self._watches.pop(folder_key, None)

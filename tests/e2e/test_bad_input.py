@@ -252,14 +252,19 @@ def disposed(config: Path, inbox: Path, relpath: str) -> bool:
 
 
 def disk_full(pid: int) -> None:
-    """Makes every later write of the process to a regular file fail with EFBIG, as on a
-    full disk: RLIMIT_FSIZE 0 (Python ignores SIGXFSZ, so the write just fails). Works as
-    root, needs no mount, and touches nothing but that process."""
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, 0))
+    """Makes every later write of the process that grows a regular file fail with EFBIG, as
+    on a full disk: RLIMIT_FSIZE 0 (Python ignores SIGXFSZ, so the write just fails). Works
+    as root, needs no mount, and touches nothing but that process."""
+    # The soft limit only: the hard one stays, so disk_has_room can lift it again.
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+
+def disk_has_room(pid: int) -> None:
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 @pytest.mark.parametrize("where", ["settle", "upload"])
-def test_ledger_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
+def test_ledger_that_cannot_be_written_waits_for_room_then_restarts_and_loses_nothing(
     tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], where: str
 ) -> None:
     config, inbox, done = moving_config(tmp_path, emulator)
@@ -280,9 +285,16 @@ def test_ledger_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
             (inbox / name).write_bytes(data)
         wait_for(lambda: emulator.calls()["pre"] >= 2, what="a ticket asked for")
         disk_full(daemon.proc.pid)
+    daemon.wait_event("ledger.failed", timeout=30)
+    # No restart loop: the daemon stays up (a restart would only fail again, each with a
+    # full rescan) and probes the ledger with a growing pause...
+    assert not wait_for(daemon.exited, 2.0, fail=False), daemon.log_text()
+    # ...until there is room again: then it exits, once, for a restart that resumes.
+    disk_has_room(daemon.proc.pid)
     code = daemon.proc.wait(timeout=30)
     daemon.stop()
     assert code == 1, daemon.log_text()
+    assert daemon.events("ledger.writable")
     failed = daemon.events("ledger.failed")
     assert len(failed) == 1, daemon.log_text()
     assert failed[0]["level"] == "critical"

@@ -238,9 +238,9 @@ class FakeWatcher:
         self.added: list[FolderConfig] = []
         self.removed: list[str] = []
 
-    def add(self, folder: FolderConfig) -> str:
+    def add(self, folder: FolderConfig, *, poll: bool = False) -> str:
         self.added.append(folder)
-        return "inotify"
+        return "polling" if poll else "inotify"
 
     def remove(self, key: str) -> None:
         self.removed.append(key)

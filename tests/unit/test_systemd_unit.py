@@ -139,3 +139,22 @@ def test_a_grace_longer_than_the_stop_budget_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert any("sync.shutdown_grace_seconds" in p for p in info.value.problems)
+
+
+def test_the_unit_limits_files_and_hides_proc() -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    for line in ("LimitNOFILE=8192", "ProtectProc=invisible", "ProcSubset=pid", "PrivateTmp=yes"):
+        assert f"\n{line}\n" in text, line
+
+
+@needs_analyze
+def test_the_units_exposure_stays_at_or_below_1_7() -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    level = float(last.split("level for hottask-sync.service:")[1].split()[0])
+    assert level <= 1.7, last

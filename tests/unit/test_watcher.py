@@ -198,3 +198,76 @@ def test_poll_true_uses_polling(tmp_path: Path, watcher: Watcher) -> None:
     assert list(watcher.watching()) == [str(tmp_path)]
     watcher.remove(str(tmp_path))
     assert list(watcher.watching()) == []
+
+
+def _limit_below(monkeypatch: pytest.MonkeyPatch, name: bytes) -> None:
+    """inotify's watch limit is reached for any folder named ``name`` (an injected ENOSPC,
+    as the kernel answers when fs.inotify.max_user_watches is used up)."""
+    real = watchdog.observers.inotify_c.InotifyFD._add_callback
+
+    def add(self: Any, path: bytes, *args: Any) -> Any:
+        if os.path.basename(path) == name:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return real(self, path, *args)
+
+    monkeypatch.setattr(watchdog.observers.inotify_c.InotifyFD, "_add_callback", add)
+
+
+def test_a_subfolder_inotify_could_not_watch_is_reported(
+    tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watchdog swallows errors below a folder's root: the folder would say "inotify" while
+    files in that subfolder wait for a rescan (forever with rescan_seconds = 0)."""
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    _limit_below(monkeypatch, b"deep")
+    assert watcher.add(FolderConfig(path=tmp_path)) == "inotify"
+    assert watcher.blind() == {str(tmp_path): str(tmp_path / "deep")}
+    assert watcher.blind() == {}  # reported once
+
+
+def test_a_subfolder_made_later_that_cannot_be_watched_is_reported(
+    tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert watcher.add(FolderConfig(path=tmp_path)) == "inotify"
+    _limit_below(monkeypatch, b"deep")
+    (tmp_path / "deep").mkdir()  # watchdog adds its watch from the event
+    wait_for(lambda: watcher.blind(), what="the unwatched subfolder reported")
+
+
+def test_the_folder_keeper_polls_a_folder_with_an_unwatched_subfolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hottask_sync import folders as fs
+
+    monkeypatch.setattr(fs, "CHECK_SECONDS", 0.05)
+    inbox = tmp_path / "in"
+    (inbox / "deep").mkdir(parents=True)
+    _limit_below(monkeypatch, b"deep")
+    recorder = Recorder()
+    watcher = Watcher(recorder.sink, recorder.overflow)
+    watcher.start()
+    scans: list[tuple[str, ...]] = []
+    keeper = fs.FolderKeeper(
+        fs.FolderWatches(watcher), lambda f: scans.append(tuple(x.key for x in f))
+    )
+    try:
+        with structlog.testing.capture_logs() as logs:
+            keeper.start([FolderConfig(path=inbox)])
+            wait_for(lambda: len(scans) >= 2, what="the startup scan, then the polled folder's")
+        [error] = [e for e in logs if e["event"] == "watch.limit_reached"]
+        assert error["path"] == str(inbox / "deep")
+        assert "fs.inotify.max_user_watches" in error["hint"]
+        assert [e["mode"] for e in logs if e["event"] == "folder.watching"] == [
+            "inotify",
+            "polling",
+        ]
+        (inbox / "deep" / "late.txt").write_bytes(b"seen by polling")
+        wait_for(
+            lambda: any(h[1].endswith("late.txt") for h in recorder.hints),
+            timeout=15,
+            what="a hint from the polled subfolder",
+        )
+    finally:
+        keeper.stop(5)
+        watcher.stop()

@@ -1,0 +1,112 @@
+"""Liveness never waits on work: READY=1 and the watchdog pings go on while every look at
+the disk hangs (a scan of a huge tree, a folder check on a dead network mount).
+
+The hang is forced, not hoped for: a small launcher runs the real CLI with the scan's walk
+and the folder check made to block until the test lets them go, and the daemon reports to
+a $NOTIFY_SOCKET of the test's with a short $WATCHDOG_USEC.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hottask_sync.emulator import Emulator
+from tests.conftest import API_KEY, wait_for, write_config
+from tests.e2e.test_service import NotifySocket
+from tests.fakes import clean_env
+
+#: Runs ``hottask-sync run`` with every scan and every folder check hanging until the file
+#: named by argv[1] exists.
+LAUNCHER = """\
+import os
+import sys
+import time
+
+import hottask_sync.folders as fs
+
+RELEASE = sys.argv.pop(1)
+
+
+def hang():
+    while not os.path.exists(RELEASE):
+        time.sleep(0.01)
+
+
+real_walk = fs.walk
+
+
+def walk(*args, **kwargs):
+    hang()
+    yield from real_walk(*args, **kwargs)
+
+
+real_check = fs.FolderWatches.check
+
+
+def check(self, folders):
+    hang()
+    return real_check(self, folders)
+
+
+fs.walk = walk
+fs.FolderWatches.check = check
+
+from hottask_sync.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+WATCHDOG_USEC = 400_000  # a ping every 0.2 s
+
+
+def test_ready_and_pings_go_on_while_scans_and_folder_checks_hang(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "waiting.txt").write_bytes(b"found by the startup scan, once it may run")
+    config = write_config(
+        tmp_path / "c.toml", emulator.base_url, [{"path": str(inbox)}], sync={"rescan_seconds": 1}
+    )
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER, encoding="utf-8")
+    release = tmp_path / "release"
+    notify = NotifySocket(tmp_path / "n.sock")
+    env = clean_env(
+        HOTTASK_API_KEY=API_KEY,
+        NOTIFY_SOCKET=str(notify.path),
+        WATCHDOG_USEC=str(WATCHDOG_USEC),
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(release), "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        notify.receive_until(lambda ms: any("READY" in m for m in ms), 10, "READY=1")
+        ready_after = time.monotonic() - started
+        hang_started = time.monotonic()
+        notify.receive_until(lambda ms: time.monotonic() - hang_started > 3.0, 5, "3 s")
+        pings = [t for t, f in notify.messages if "WATCHDOG" in f and t >= hang_started]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        release.touch()
+        wait_for(lambda: emulator.reported(), what="the waiting file reported once let go")
+    finally:
+        release.touch()  # a failing test must not leave the daemon hanging
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        notify.close()
+    assert ready_after < 2.0 + 1.5  # READY within 2 s of start (interpreter start-up aside)
+    assert len(pings) >= 10, f"only {len(pings)} pings in 3 s while the scan hung"
+    assert max(gaps) < WATCHDOG_USEC / 2e6 + 0.3, gaps
+    assert proc.returncode == 0, err.decode()
