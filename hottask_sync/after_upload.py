@@ -27,8 +27,9 @@ from . import beneath
 from .beneath import Held, NotRegular, same_file, stat_at
 from .files import FileSig
 from .jobs import Job
-from .ledger import Entry, Ledger
+from .ledger import Entry
 from .logs import get_logger
+from .writer import LedgerOps
 
 log = get_logger("hottask_sync.after_upload")
 
@@ -46,7 +47,7 @@ class Done(enum.Enum):
 
 
 def dispose(
-    job: Job, entry: Entry, sig: FileSig, ledger: Ledger, ctx: dict[str, Any], *, held: Held
+    job: Job, entry: Entry, sig: FileSig, ledger: LedgerOps, ctx: dict[str, Any], *, held: Held
 ) -> None:
     """Moves or deletes the uploaded file ``held`` (its descriptor still open) if it is
     still version ``sig``, and records that on its row; on failure, logs an error, records

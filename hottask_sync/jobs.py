@@ -62,6 +62,7 @@ class Outcome(enum.Enum):
     AUTH = "auth"  # the service refused the API key
     PAUSED = "paused"  # held back without a call: uploads are paused for auth
     STOPPED = "stopped"  # cut off by shutdown
+    REPORTING = "reporting"  # bytes sent, the report stage has it: its final result follows
 
 
 @dataclass(frozen=True)

@@ -480,7 +480,10 @@ class _Store:
         self.path = path
         self.readonly = readonly
         self.synchronous = synchronous
-        self.lock = threading.Lock()
+        # Reentrant: inside a batch (one transaction for many operations), each operation's
+        # own transaction() takes it again.
+        self.lock = threading.RLock()
+        self._batch = 0  # > 0 while a batch is open on this connection
         conn: sqlite3.Connection | None = None
         try:
             if readonly:
@@ -535,6 +538,19 @@ class _Store:
                 raise self.error(exc) from exc
 
     @contextlib.contextmanager
+    def batch(self, *, durable: bool) -> Iterator[None]:
+        """One transaction (one commit, one sync when ``durable``) for every operation run
+        inside it; each operation is a savepoint of its own, so one that fails (an
+        IllegalTransition) undoes only itself. Raises LedgerError when it cannot commit:
+        then nothing of it was written."""
+        with self.lock, self.transaction(durable=durable):
+            self._batch += 1
+            try:
+                yield
+            finally:
+                self._batch -= 1
+
+    @contextlib.contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails
         # half-way with SQLITE_BUSY after it has read the row it is about to change.
@@ -542,6 +558,10 @@ class _Store:
             conn = self._open_conn()
             if self.readonly:
                 raise LedgerError(f"ledger {self.path}: opened read-only")
+            if self._batch:
+                with self._savepoint(conn):
+                    yield conn
+                return
             try:
                 if durable:
                     conn.execute("PRAGMA synchronous = FULL")
@@ -561,6 +581,20 @@ class _Store:
                         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             except sqlite3.Error as exc:
                 raise self.error(exc) from exc
+
+    @contextlib.contextmanager
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+        try:
+            conn.execute("SAVEPOINT op")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK TO op")
+                raise
+            finally:
+                conn.execute("RELEASE op")
+        except sqlite3.Error as exc:
+            raise self.error(exc) from exc
 
     def _open_conn(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -796,6 +830,13 @@ class _LedgerReads:
 class _LedgerUpkeep(_LedgerReads):
     """A ledger's upkeep, beside the transitions of single files: pruning the rows of files
     that are gone, carrying rows over to a folder's new spelling, probing for writability."""
+
+    def batch(self, *, durable: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Runs every operation called inside it in ONE transaction: one commit (one sync
+        when ``durable``) for all of them, the group commit of the single ledger writer.
+        An operation that raises undoes only itself (a savepoint). Raises LedgerError at
+        the end when the transaction cannot commit: then none of it was written."""
+        return self._store.batch(durable=durable)
 
     def probe_write(self) -> None:
         """Raises LedgerError unless the ledger can be written again: room for a new file

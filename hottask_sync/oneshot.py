@@ -76,7 +76,7 @@ def _upload_one(
     folder = FolderConfig(Path(os.path.dirname(path)))
     job = Job(folder, os.path.basename(path))
     for attempt in range(1, max_attempts + 1):
-        result = uploader.run(job)
+        result = uploader.run_through(job)
         outcome = result.outcome
         if outcome is Outcome.DONE:
             row = ledger.get(*job.key)

@@ -32,8 +32,12 @@ class Stuck:
 
 
 class WorkerPool:
-    """``size`` threads running ``run(job)``; each result lands in :attr:`results` and
-    calls ``wake``. A LedgerError is handed back as is (the runtime must stop).
+    """``size`` upload threads running ``run(job)``, and as many report threads running
+    ``finish(handoff)`` for the jobs ``run`` handed off once their bytes were sent (an
+    upload slot never waits for the durable commit or the report). Each result lands in
+    :attr:`results` and calls ``wake``: a hand-off first as ``Outcome.REPORTING`` (the
+    slot is free), then the final one. A LedgerError is handed back as is (the runtime
+    must stop).
 
     Healthy means making progress: a worker calls :meth:`beat` at every step of a job and
     every chunk it sends; one that is busy but silent for longer than the bound is stuck.
@@ -41,11 +45,15 @@ class WorkerPool:
 
     def __init__(
         self,
-        run: Callable[[Job], Result],
+        run: Callable[[Job], Any],
         wake: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        finish: Callable[[Any], Result] | None = None,
     ) -> None:
         self._run = run
+        self._finish = finish
+        self._reports: queue.SimpleQueue[tuple[Job, Any]] = queue.SimpleQueue()
+        self._reporters: list[threading.Thread] = []
         self._wake = wake
         self._clock = clock
         # Per worker thread, written only by it: [key or None when idle, stage, last beat].
@@ -69,6 +77,13 @@ class WorkerPool:
             self._threads.append(t)
         for _ in range(len(self._threads) - size):
             self._work.put(None)
+        while self._finish is not None and len(self._reporters) < size:
+            # Never fewer: a report handed over is always taken.
+            t = threading.Thread(
+                target=self._reporter, name=f"report-{len(self._reporters)}", daemon=True
+            )
+            t.start()
+            self._reporters.append(t)
 
     def beat(self, stage: str) -> None:
         """Called by a worker (through the Uploader): it is still getting somewhere."""
@@ -127,24 +142,46 @@ class WorkerPool:
         return unstarted
 
     def _worker(self) -> None:
-        slot: list[Any] = [None, "idle", self._clock()]
-        self._local.slot = slot
-        self._beats[threading.current_thread().name] = slot
+        slot = self._slot()
         while (job := self._work.get()) is not None:
             slot[0], slot[1], slot[2] = job.key, "start", self._clock()
-            result: Result | LedgerError
-            try:
-                result = self._run(job)
-            except LedgerError as exc:
-                result = exc
-            except Exception:  # a bug must not kill the worker or lose the file
-                log.exception("upload.crashed", folder=job.folder.key, path=job.relpath)
-                result = Result(
-                    Outcome.RETRY,
-                    delay=CRASH_RETRY_SECONDS,
-                    failures=job.failures,
-                    ticket=job.ticket,
-                )
+            result = self._guarded(job, self._run, job)
+            slot[0] = None
+            if isinstance(result, (Result, LedgerError)):
+                self.results.append((job, result))
+            else:  # handed off: the report stage takes it, the slot is free
+                self._reports.put((job, result))
+                self.results.append((job, Result(Outcome.REPORTING, failures=job.failures)))
+            self._wake()
+
+    def _reporter(self) -> None:
+        slot = self._slot()
+        assert self._finish is not None
+        while True:
+            job, handoff = self._reports.get()
+            slot[0], slot[1], slot[2] = job.key, "report", self._clock()
+            result = self._guarded(job, self._finish, handoff)
             slot[0] = None
             self.results.append((job, result))
             self._wake()
+
+    def _slot(self) -> list[Any]:
+        slot: list[Any] = [None, "idle", self._clock()]
+        self._local.slot = slot
+        self._beats[threading.current_thread().name] = slot
+        return slot
+
+    def _guarded(self, job: Job, step: Callable[[Any], Any], arg: Any) -> Any:
+        """Runs one step of a job; a LedgerError is returned, a bug becomes a retry."""
+        try:
+            return step(arg)
+        except LedgerError as exc:
+            return exc
+        except Exception:  # a bug must not kill the worker or lose the file
+            log.exception("upload.crashed", folder=job.folder.key, path=job.relpath)
+            return Result(
+                Outcome.RETRY,
+                delay=CRASH_RETRY_SECONDS,
+                failures=job.failures,
+                ticket=job.ticket,
+            )

@@ -23,13 +23,14 @@ from .backoff import Throttle
 from .client import CHUNK_SIZE, HotTaskClient
 from .config import (
     MAX_SHUTDOWN_GRACE_SECONDS,
+    ApiKey,
     Config,
     load_config,
     resolve_api_key,
 )
 from .errors import ConfigError, LedgerError, UserError
 from .intake import HINTS_MAX, Intake
-from .jobs import Job
+from .jobs import Job, Outcome
 from .keyring import KeyReader
 from .ledger import Ledger, State
 from .metrics import Metrics
@@ -43,6 +44,7 @@ from .statedir import LOCK_WAIT_SECONDS, check_filesystem, lock_state_dir
 from .status import StatusBoard, announce_auth
 from .uploader import Uploader
 from .watcher import Watcher
+from .writer import LedgerWriter, SharedLedger
 
 log = logs.get_logger("hottask_sync.daemon")
 
@@ -77,7 +79,11 @@ class Runtime:
         self._wake = threading.Event()
         self._fatal: LedgerError | None = None
         self.signals = Signals(self._wake.set)
-        self.pool = WorkerPool(lambda job: self.uploader.run(job), self._wake.set)
+        self.pool = WorkerPool(
+            lambda job: self.uploader.run(job),
+            self._wake.set,
+            finish=lambda handoff: self.uploader.finish(handoff),
+        )
         self.watches = fs.FolderWatches(
             Watcher(lambda *hint: self.intake.hint(*hint), lambda: self.intake.overflowed())
         )
@@ -111,6 +117,14 @@ class Runtime:
             except LedgerError as exc:
                 raise UserError(str(exc)) from exc
             stack.callback(self.ledger.close)
+            # Every write goes through one writer thread (group commit); reads have a
+            # connection of their own. Stopped after everything else (callbacks run last
+            # first), so that what the workers handed in is committed.
+            self.writer = LedgerWriter(self.ledger)
+            self.writer.start()
+            stack.callback(self.writer.stop, JOIN_SECONDS)
+            self.records = SharedLedger(self.writer, self.ledger.path)
+            stack.callback(self.records.close)
             self._build(cfg)
             stack.callback(self.client.close)
             if (address := cfg.metrics.address) is not None:
@@ -121,17 +135,10 @@ class Runtime:
         raise AssertionError("unreachable")
 
     def _build(self, cfg: Config) -> None:
-        self.client = HotTaskClient(
-            cfg.api.base_url,
-            self.key.value,
-            timeout=cfg.api.timeout_seconds,
-            max_connections=max(64, cfg.sync.concurrency),
-            transport=self.transport,
-            allow_insecure_http=cfg.api.allow_insecure_http,
-        )
+        self.client = client_for(cfg, self.key, self.transport)
         self.uploader = Uploader(
             self.client,
-            self.ledger,
+            self.records,
             max_attempts=cfg.sync.max_attempts,
             key_source=self.key.source,
             paused=self.paused,
@@ -147,7 +154,7 @@ class Runtime:
             concurrency=cfg.sync.concurrency,
             clock=self.clock,
             wall=time.time,
-            lookup=lambda key: self.ledger.get(*key),
+            lookup=lambda key: self.records.get(*key),
             auth_probe_seconds=cfg.api.auth_probe_seconds,
             max_tracked=HINTS_MAX,
         )
@@ -224,8 +231,7 @@ class Runtime:
                 deadline = now + ABORT_WAIT_SECONDS
             self._wake.wait(min(0.5, max(0.0, deadline - now)))
             self._wake.clear()
-            while self.pool.results:
-                self.scheduler.forget_in_flight(self.pool.results.popleft()[0])
+            self._settle_results()
 
     # --- the main loop -----------------------------------------------------------------------
 
@@ -294,8 +300,17 @@ class Runtime:
                     return
             self._wake.wait(max(0.0, min(outage.next_probe, next_ping) - now))
             self._wake.clear()
-            while self.pool.results:  # running uploads end (they cannot record either)
-                self.scheduler.forget_in_flight(self.pool.results.popleft()[0])
+            self._settle_results()  # running uploads end (they cannot record either)
+
+    def _settle_results(self) -> None:
+        """While stopping: takes results in without acting on them (a hand-off to the report
+        stage is still in flight; anything else is done, or resumes at the next start)."""
+        while self.pool.results:
+            job, result = self.pool.results.popleft()
+            if isinstance(result, LedgerError) or result.outcome is not Outcome.REPORTING:
+                self.scheduler.forget_in_flight(job)
+            else:
+                self.scheduler.finished(job, result)
 
     def _sleep(self, now: float, *deadlines: float) -> None:
         candidates = list(deadlines)
@@ -316,7 +331,7 @@ class Runtime:
         self.intake.ask(step, self.scheduler)
         if step.pending:
             try:
-                self.ledger.add_pending(step.pending)
+                self.records.add_pending(step.pending)
             except LedgerError:
                 for job in step.submit:  # never handed out: not in flight
                     self.scheduler.forget_in_flight(job)
@@ -393,6 +408,20 @@ class Runtime:
             level=new.logging.level,
         )
         self.notifier.ready(self.board.line)
+
+
+def client_for(
+    config: Config, key: ApiKey, transport: httpx.BaseTransport | None = None
+) -> HotTaskClient:
+    """The daemon's one HTTP client, as the config says."""
+    return HotTaskClient(
+        config.api.base_url,
+        key.value,
+        timeout=config.api.timeout_seconds,
+        max_connections=max(64, config.sync.concurrency),
+        transport=transport,
+        allow_insecure_http=config.api.allow_insecure_http,
+    )
 
 
 def progress_bound(config: Config) -> float:

@@ -98,7 +98,8 @@ class Scheduler:
         self._parked: deque[Job] = deque()
         self._seq = itertools.count()
         self._active: set[Key] = set()  # ready, retrying, parked or in flight
-        self._inflight: set[Key] = set()
+        self._inflight: set[Key] = set()  # in an upload slot
+        self._reporting: set[Key] = set()  # bytes sent, in the report stage
         self._dirty: set[Key] = set()  # seen to change while active: look again after
         self._skipped_logged: set[Key] = set()
         self._settled: list[tuple[Key, FileSig]] = []  # checked unchanged, not yet planned
@@ -114,12 +115,13 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        """Jobs handed out whose final result has not come back (uploading or reporting)."""
+        return len(self._inflight) + len(self._reporting)
 
     @property
     def queued(self) -> int:
         """Files waiting to settle, ready, retrying or in flight."""
-        return len(self.settler) + len(self._ready) + len(self._inflight) + len(self._retries)
+        return len(self.settler) + len(self._ready) + self.in_flight + len(self._retries)
 
     def wake_at(self) -> float | None:
         """Returns when the next :meth:`step` has work to do by itself, or None."""
@@ -153,7 +155,7 @@ class Scheduler:
                 # Full: a new file is left to a scan of its folder, which waits for room.
                 self._rescan.add(key[0])
                 return
-            log.info("file.detected", folder=key[0], path=key[1], size=sig.size)
+            log.debug("file.detected", folder=key[0], path=key[1], size=sig.size)
         # A file found by a scan whose mtime is already older than the settle time has
         # been quiet that long: no need to wait again (it is still re-checked once).
         quiet = from_scan and self._wall() - sig.mtime_ns / 1e9 >= self.settler.settle_seconds
@@ -206,6 +208,11 @@ class Scheduler:
         """A worker is done with ``job``; returns a change of the auth pause, if any."""
         key = job.key
         self._inflight.discard(key)
+        if result.outcome is Outcome.REPORTING:
+            # Its upload slot is free; the final result comes from the report stage.
+            self._reporting.add(key)
+            return None
+        self._reporting.discard(key)
         change = self._judge_auth(job, result)
         outcome = result.outcome
         if outcome is Outcome.RETRY:
@@ -243,6 +250,7 @@ class Scheduler:
     def forget_in_flight(self, job: Job) -> None:
         """A job handed out will not come back (taken off the queue at shutdown)."""
         self._inflight.discard(job.key)
+        self._reporting.discard(job.key)
 
     # --- the step ----------------------------------------------------------------------------
 
@@ -274,7 +282,7 @@ class Scheduler:
             action = plan(self._lookup(key), sig, dispose=folder.after_upload != "keep")
             if action in (Action.SKIP, Action.FAILED):
                 continue
-            log.info("file.settled", folder=key[0], path=key[1], size=sig.size)
+            log.debug("file.settled", folder=key[0], path=key[1], size=sig.size)
             if action is Action.UPLOAD:
                 pending.append((key[0], key[1], sig))
             self._enqueue(Job(folder, key[1], settled=sig))
@@ -289,7 +297,7 @@ class Scheduler:
         paused, one waiting job as the probe when its time has come and nothing is out."""
         out: list[Job] = []
         if self.circuit.is_open:
-            if self._inflight or self.circuit.seconds_until_probe() != 0.0:
+            if self.in_flight or self.circuit.seconds_until_probe() != 0.0:
                 return out
             job = self._next_job()
             if job is not None and self.circuit.allow():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
 import threading
 import time
@@ -33,8 +34,9 @@ from .errors import (
 )
 from .files import FileSig
 from .jobs import Job, Outcome, Result
-from .ledger import Action, Entry, IllegalTransition, Ledger, State, plan
+from .ledger import Action, Entry, IllegalTransition, State, plan
 from .logs import get_logger, redact_text
+from .writer import LedgerOps
 
 #: Big files log an ``upload.progress`` event this often.
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
@@ -51,6 +53,13 @@ _RNG_LOCK = threading.Lock()
 
 class Stopped(Exception):
     """Raised inside a PUT when the daemon's grace period is over."""
+
+
+def _moved_under_us(run: _Run, exc: IllegalTransition) -> Result:
+    # The row moved under us (a newer version was recorded meanwhile): nothing was
+    # reported for this attempt; look at the file afresh.
+    log.info("file.changed", reason=str(exc), **run.ctx)
+    return run.result(Outcome.CHANGED, ticket=None)
 
 
 class _Run:
@@ -72,6 +81,23 @@ class _Run:
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """A file whose bytes are sent, handed from its upload slot to the report stage: the
+    durable ``put``, the report and the move/delete after it happen there, so the slot
+    takes its next file without waiting for the sync or the service. ``held`` (the file's
+    descriptors) now belongs to the report stage, which closes it."""
+
+    job: Job
+    ticket: Ticket
+    digest: str
+    sig: FileSig
+    held: Held
+    started: float
+    failures: int
+    key_accepted: bool
+
+
+@dataclass(frozen=True)
 class Uploader:
     """Runs jobs; shared by all workers, never changed (a reload makes a new one).
 
@@ -80,7 +106,7 @@ class Uploader:
     """
 
     client: HotTaskClient
-    ledger: Ledger
+    ledger: LedgerOps
     max_attempts: int
     key_source: str = ""
     paused: threading.Event = field(default_factory=threading.Event)
@@ -94,8 +120,9 @@ class Uploader:
 
     # --- the pipeline ----------------------------------------------------------------------
 
-    def run(self, job: Job) -> Result:
-        """Given a job, takes its file as far as it can go; returns what happened.
+    def run(self, job: Job) -> Result | Handoff:
+        """Given a job, takes its file as far as its upload slot goes: what happened, or a
+        Handoff to :meth:`finish` once the bytes are sent.
 
         Raises LedgerError when a step cannot be recorded (the daemon must stop).
         """
@@ -103,15 +130,31 @@ class Uploader:
         try:
             return self._run(run)
         except IllegalTransition as exc:
-            # The row moved under us (a newer version was recorded meanwhile): nothing was
-            # reported for this attempt; look at the file afresh.
-            log.info("file.changed", reason=str(exc), **run.ctx)
-            return run.result(Outcome.CHANGED, ticket=None)
+            return _moved_under_us(run, exc)
+
+    def finish(self, handoff: Handoff) -> Result:
+        """The report stage: records the ``put`` durably (the single writer's group
+        commit), reports it, records the report, moves or deletes the file; returns what
+        happened. Raises LedgerError when a step cannot be recorded."""
+        run = _Run(handoff.job)
+        run.failures, run.key_accepted, run.stage = handoff.failures, handoff.key_accepted, "report"
+        run.ticket = None  # the bytes are sent: a retry reports, never PUTs again
+        try:
+            return self._report(run, handoff)
+        except IllegalTransition as exc:
+            return _moved_under_us(run, exc)
+        finally:
+            handoff.held.close()
+
+    def run_through(self, job: Job) -> Result:
+        """:meth:`run`, then :meth:`finish` in this thread (one-shot uploads)."""
+        result = self.run(job)
+        return self.finish(result) if isinstance(result, Handoff) else result
 
     def _paused_for(self, run: _Run) -> bool:
         return self.paused.is_set() and not run.job.probe
 
-    def _run(self, run: _Run) -> Result:
+    def _run(self, run: _Run) -> Result | Handoff:
         job = run.job
         folder, relpath = job.folder, job.relpath
         entry = self.ledger.get(folder.key, relpath)
@@ -136,25 +179,34 @@ class Uploader:
             error = PermanentError(f"cannot read: {exc.strerror}", fail_now=True)
             return self._fail(run, error, run.ctx, beneath.folder_sig(folder.path, relpath))
         try:
-            st = os.fstat(held.fd)
-            sig = FileSig.from_stat(st)
-            if job.settled is not None and not job.settled.same_version(sig):
-                # Changed since it settled (a writer still writing, say): never uploaded,
-                # moved or deleted in this state; the scheduler lets it settle again.
-                log.info("file.changed", reason="changed since it settled", **run.ctx)
-                return run.result(Outcome.CHANGED, ticket=None)
-            action = plan(entry, sig, dispose=folder.after_upload != "keep")
-            if action in (Action.SKIP, Action.FAILED):
-                return run.result(Outcome.SKIPPED)
-            if action is Action.VERIFY and self._verified(run, held, sig, entry):
-                return run.result(Outcome.SKIPPED)
-            if action is Action.DISPOSE:
-                assert entry is not None
-                dispose(job, entry, sig, self.ledger, run.ctx, held=held)
-                return run.result(Outcome.DONE)
-            return self._upload(run, held, st, sig)
-        finally:
+            result = self._with_file(run, held, entry)
+        except BaseException:
             held.close()
+            raise
+        if not isinstance(result, Handoff):  # else the report stage closes it
+            held.close()
+        return result
+
+    def _with_file(self, run: _Run, held: Held, entry: Entry | None) -> Result | Handoff:
+        job = run.job
+        folder = job.folder
+        st = os.fstat(held.fd)
+        sig = FileSig.from_stat(st)
+        if job.settled is not None and not job.settled.same_version(sig):
+            # Changed since it settled (a writer still writing, say): never uploaded,
+            # moved or deleted in this state; the scheduler lets it settle again.
+            log.info("file.changed", reason="changed since it settled", **run.ctx)
+            return run.result(Outcome.CHANGED, ticket=None)
+        action = plan(entry, sig, dispose=folder.after_upload != "keep")
+        if action in (Action.SKIP, Action.FAILED):
+            return run.result(Outcome.SKIPPED)
+        if action is Action.VERIFY and self._verified(run, held, sig, entry):
+            return run.result(Outcome.SKIPPED)
+        if action is Action.DISPOSE:
+            assert entry is not None
+            dispose(job, entry, sig, self.ledger, run.ctx, held=held)
+            return run.result(Outcome.DONE)
+        return self._upload(run, held, st, sig)
 
     def _verified(self, run: _Run, held: Held, sig: FileSig, entry: Entry | None) -> bool:
         """A reported file whose ctime alone changed: True (and the row takes the new sig)
@@ -174,7 +226,7 @@ class Uploader:
             dispose(run.job, entry, sig, self.ledger, run.ctx, held=held)
         return True
 
-    def _upload(self, run: _Run, held: Held, st: os.stat_result, sig: FileSig) -> Result:
+    def _upload(self, run: _Run, held: Held, st: os.stat_result, sig: FileSig) -> Result | Handoff:
         job, fd = run.job, held.fd
         folder, relpath = job.folder, job.relpath
         ctx = {**run.ctx, "size": sig.size, "attempt": run.failures + 1}
@@ -184,7 +236,7 @@ class Uploader:
         if self._paused_for(run):
             return run.result(Outcome.PAUSED)
         started = self.clock()
-        log.info("upload.started", **ctx)
+        log.debug("upload.started", **ctx)
         try:
             if run.ticket is not None and not run.ticket.usable(self.clock()):
                 run.ticket = None
@@ -199,15 +251,6 @@ class Uploader:
             if _changed(st, os.fstat(fd)) or not sig.same_version(held.current_sig()):
                 # Never report bytes that may mix two versions: settle and start again.
                 return self._changed_during_put(run, ctx)
-            self.ledger.mark_put(folder.key, relpath, digest, file_store_id=ticket.file_store_id)
-            run.ticket = None
-            run.stage = "report"
-            self.beat("report")
-            if not self.client.report_success(ticket.file_store_id):
-                # The service had it already (a repeat): reported all the same.
-                log.info("upload.already_reported", file_store_id=ticket.file_store_id, **ctx)
-            run.key_accepted = True
-            self.ledger.mark_reported(folder.key, relpath)
         except Stopped:
             log.info("upload.interrupted", stage=run.stage, **ctx)
             return run.result(Outcome.STOPPED)
@@ -221,21 +264,39 @@ class Uploader:
             # The ticket is kept after a failed PUT: the next try PUTs to the same URL while
             # it is valid (the bytes may have arrived even though the answer did not).
             return self._failed_call(run, exc, ctx, sig)
-        duration = self.clock() - started
+        return Handoff(job, ticket, digest, sig, held, started, run.failures, run.key_accepted)
+
+    def _report(self, run: _Run, h: Handoff) -> Result:
+        """The report stage's part of one upload (see :meth:`finish`)."""
+        job, sig, ticket = h.job, h.sig, h.ticket
+        folder, relpath = job.folder, job.relpath
+        ctx = {**run.ctx, "size": sig.size, "attempt": run.failures + 1}
+        # Durable before the report: a report whose put could be lost would upload twice.
+        self.ledger.mark_put(folder.key, relpath, h.digest, file_store_id=ticket.file_store_id)
+        self.beat("report")
+        try:
+            if not self.client.report_success(ticket.file_store_id):
+                # The service had it already (a repeat): reported all the same.
+                log.info("upload.already_reported", file_store_id=ticket.file_store_id, **ctx)
+        except ApiError as exc:
+            return self._failed_call(run, exc, ctx, sig)
+        run.key_accepted = True
+        self.ledger.mark_reported(folder.key, relpath)
+        duration = self.clock() - h.started
         if self.metrics is not None:
             self.metrics.upload_succeeded(sig.size, duration)
         log.info(
             "upload.succeeded",
             file_store_id=ticket.file_store_id,
             duration_ms=round(duration * 1000, 1),
-            sha256=digest,
+            sha256=h.digest,
             **ctx,
         )
         if folder.after_upload != "keep":
             entry = self.ledger.get(folder.key, relpath)
             if entry is not None:
-                dispose(job, entry, sig, self.ledger, ctx, held=held)
-        return run.result(Outcome.DONE)
+                dispose(job, entry, sig, self.ledger, ctx, held=h.held)
+        return run.result(Outcome.DONE, ticket=None)
 
     def _ticket_and_put(self, run: _Run, fd: int, sig: FileSig, ctx: dict[str, Any]) -> str:
         """PUTs the file to the run's URL, getting one first if it has none (and one new
@@ -278,7 +339,7 @@ class Uploader:
 
     def _put(self, ticket: Ticket, fd: int, size: int, ctx: dict[str, Any]) -> str:
         """PUTs the file, hashing as it streams; returns the sha256 hex digest."""
-        hasher = hashlib.sha256()
+        hasher = Hasher.for_size(size)
         started = self.clock()
         deadline = started + PUT_DEADLINE_SLACK_SECONDS + size / MIN_PUT_RATE
         progress = size >= PROGRESS_MIN_BYTES
@@ -312,8 +373,11 @@ class Uploader:
                     **ctx,
                 )
 
-        self.client.put(ticket, fd, size, on_chunk=on_chunk)
-        return hasher.hexdigest()
+        try:
+            self.client.put(ticket, fd, size, on_chunk=on_chunk)
+        finally:
+            digest = hasher.hexdigest()
+        return digest
 
     def _report_resumed(self, run: _Run, entry: Entry) -> Result:
         assert entry.file_store_id is not None
@@ -406,7 +470,7 @@ class Uploader:
 # --- filesystem adapters --------------------------------------------------------------------
 
 
-def _dispose_resumed(job: Job, sig: FileSig, ledger: Ledger, ctx: dict[str, Any]) -> None:
+def _dispose_resumed(job: Job, sig: FileSig, ledger: LedgerOps, ctx: dict[str, Any]) -> None:
     """After a resumed report: moves or deletes the file if the version reported (``sig``)
     is the one at its path now; else leaves it (gone, or a newer version)."""
     try:
@@ -419,6 +483,48 @@ def _dispose_resumed(job: Job, sig: FileSig, ledger: Ledger, ctx: dict[str, Any]
         reported = ledger.get(job.folder.key, job.relpath)
         if reported is not None:
             dispose(job, reported, sig, ledger, ctx, held=held)
+
+
+class Hasher:
+    """SHA-256 of what is sent. For big files on a thread of its own, so that hashing one
+    chunk overlaps sending the next (hashlib lets go of the GIL on big buffers); at most
+    ``QUEUE_CHUNKS`` chunks wait for it, so memory stays flat."""
+
+    #: Files at least this big are hashed beside the send; smaller ones inline (a thread
+    #: costs more than hashing a few chunks).
+    THREADED_FROM = 8 * 1024 * 1024
+    QUEUE_CHUNKS = 4
+
+    def __init__(self, threaded: bool) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] | None = None
+        if threaded:
+            self._queue = queue.Queue(self.QUEUE_CHUNKS)
+            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def for_size(cls, size: int) -> Hasher:
+        return cls(threaded=size >= cls.THREADED_FROM)
+
+    def update(self, chunk: bytes) -> None:
+        if self._queue is None:
+            self._hash.update(chunk)
+        else:
+            self._queue.put(chunk)  # bytes are immutable: safe to hand over
+
+    def hexdigest(self) -> str:
+        """The digest of every chunk given (ends the thread)."""
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+        return self._hash.hexdigest()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:

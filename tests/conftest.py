@@ -75,7 +75,7 @@ def write_config(path: Path, base_url: str, folders: list[dict[str, Any]], **sec
     data: dict[str, Any] = {
         "api": {"base_url": base_url, "timeout_seconds": 10},
         "sync": sync,
-        "logging": {"format": "json", "level": "info"},
+        "logging": {"format": "json", "level": "debug"},
         "folders": folders,
     }
     data.update(sections)

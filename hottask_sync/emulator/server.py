@@ -315,6 +315,7 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         quiet: bool = True,
         on_report: Callable[[TicketInfo], None] | None = None,
+        on_put: Callable[[TicketInfo], None] | None = None,
         reject_repeat_reports: bool = False,
         bench: bool = False,
     ) -> None:
@@ -341,6 +342,10 @@ class Emulator:
         #: when a drop_after fault then loses that answer). It must be quick and must not
         #: raise; None (the default) for no hook. May be changed at runtime.
         self.on_report = on_report
+        #: Called with the ticket on every PUT to a valid, unexpired URL, in the handler's
+        #: thread, before its body is read (full mode only). Same rules as on_report; a
+        #: test may hold it to keep an upload slot busy.
+        self.on_put = on_put
         #: When True, a second ReportUploadSuccess of a FileStoreId gets the business error
         #: REPEAT_REPORT_CODE / REPEAT_REPORT_MESSAGE instead of being accepted again. May be
         #: changed at runtime.
@@ -1053,6 +1058,8 @@ class _Handler(_Connection):
             self._discard_body()
             self._send_xml(403, "AccessDenied", "Request has expired")
             return
+        if (hook := emu.on_put) is not None and (info := emu.tickets().get(file_store_id)):
+            hook(info)
         if length > MAX_PUT_SIZE:
             self.close_connection = True  # not worth reading 5 GiB to keep the connection
             self._send_xml(

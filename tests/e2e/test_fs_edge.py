@@ -40,13 +40,14 @@ def test_a_file_rewritten_while_its_job_waits_is_not_sent_until_it_settles_again
             busy.set()
             release.wait(8)  # under the daemon's 10 s call timeout
 
-    emulator.on_report = hold_the_worker
+    # The PUT holds the upload slot (a report would not: it has a stage of its own).
+    emulator.on_put = hold_the_worker
     daemon = start_daemon(config)
     daemons.append(daemon)
     doc = inbox / "doc.txt"
     try:
         (inbox / "first.txt").write_bytes(b"keeps the only worker busy")
-        wait_for(busy.is_set, what="the only worker held in first.txt's report")
+        wait_for(busy.is_set, what="the only upload slot held in first.txt's PUT")
         doc.write_bytes(b"the version that settled")
         wait_for(
             lambda: about(daemon, "doc.txt", "file.settled"),

@@ -183,10 +183,10 @@ def test_a_report_whose_answer_was_lost_is_finished_by_already_reported(rig: Rig
     rig.service.report_answers = ["lost"]  # acted, then the answer never came
     job = Job(rig.folder, "a.txt")
     with structlog.testing.capture_logs() as logged:
-        first = rig.uploader.run(job)
+        first = rig.uploader.run_through(job)
         assert first.outcome is Outcome.RETRY
         assert rig.row_state() is State.PUT
-        second = rig.uploader.run(job.after(first))  # the resumed report: a repeat
+        second = rig.uploader.run_through(job.after(first))  # the resumed report: a repeat
     assert second.outcome is Outcome.DONE
     row = rig.ledger.get(rig.folder.key, "a.txt")
     assert row is not None
@@ -198,7 +198,7 @@ def test_a_report_whose_answer_was_lost_is_finished_by_already_reported(rig: Rig
     assert seen["file_store_id"] == "7"
     assert not [e for e in logged if e["event"] == "upload.failed"]
     # Nothing is owed any more: the next look at the file skips it.
-    third = rig.uploader.run(Job(rig.folder, "a.txt"))
+    third = rig.uploader.run_through(Job(rig.folder, "a.txt"))
     assert third.outcome is Outcome.SKIPPED
     assert rig.service.calls.count("put") == 1
 
@@ -209,7 +209,7 @@ def test_the_resumed_report_after_a_restart_is_finished_by_already_reported(rig:
     rig.ledger.mark_ticketed(rig.folder.key, "a.txt", sig, "7")
     rig.ledger.mark_put(rig.folder.key, "a.txt", "0" * 64, file_store_id="7")
     rig.service.accepted.append("7")
-    result = rig.uploader.run(Job(rig.folder, "a.txt"))
+    result = rig.uploader.run_through(Job(rig.folder, "a.txt"))
     assert result.outcome is Outcome.DONE
     assert rig.row_state() is State.REPORTED
     assert rig.service.calls == ["report"]
@@ -218,7 +218,7 @@ def test_the_resumed_report_after_a_restart_is_finished_by_already_reported(rig:
 def test_the_first_report_answered_already_reported_is_recorded(rig: Rig) -> None:
     rig.service.report_answers = ["repeat"]
     with structlog.testing.capture_logs() as logged:
-        result = rig.uploader.run(Job(rig.folder, "a.txt"))
+        result = rig.uploader.run_through(Job(rig.folder, "a.txt"))
     assert result.outcome is Outcome.DONE
     assert rig.row_state() is State.REPORTED
     assert rig.service.calls == ["pre", "put", "report"]

@@ -20,13 +20,12 @@ import httpx
 import pytest
 import structlog
 
-from hottask_sync import cli, logs
+from hottask_sync import cli, logs, runtime
 from hottask_sync.client import HotTaskClient, Ticket
 from hottask_sync.config import ApiConfig, ApiKey, Config, FolderConfig, load_config
 from hottask_sync.errors import PermanentError
 from hottask_sync.jobs import Job, Outcome
 from hottask_sync.ledger import Ledger, State
-from hottask_sync.runtime import Runtime
 from hottask_sync.uploader import Uploader
 from tests.fakes import envelope
 
@@ -154,8 +153,8 @@ def test_the_uploader_never_sends_the_file_to_an_http_url(tmp_path: Path) -> Non
     with client_for(service) as client, Ledger(tmp_path / "ledger.sqlite3") as ledger:
         uploader = Uploader(client, ledger, max_attempts=2, rng=random.Random(1))
         job = Job(folder, "a.txt")
-        first = uploader.run(job)
-        second = uploader.run(job.after(first))
+        first = uploader.run_through(job)
+        second = uploader.run_through(job.after(first))
         row = ledger.get(folder.key, "a.txt")
     assert first.outcome is Outcome.RETRY
     assert second.outcome is Outcome.FAILED
@@ -183,26 +182,15 @@ def config_file(tmp_path: Path, allow: bool) -> Path:
     return path
 
 
-@pytest.fixture
-def runtime_ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
-        yield ledger
-
-
 @pytest.mark.parametrize("allow", [False, True])
-def test_the_daemon_builds_its_client_with_the_setting(
-    tmp_path: Path, runtime_ledger: Ledger, allow: bool
-) -> None:
+def test_the_daemon_builds_its_client_with_the_setting(tmp_path: Path, allow: bool) -> None:
     config: Config = load_config(config_file(tmp_path, allow), environ={"HOME": str(tmp_path)})
     assert config.api.allow_insecure_http is allow
-    runtime = Runtime(config, {})
-    runtime.ledger = runtime_ledger
-    runtime.key = ApiKey(KEY, "test")
-    runtime._build(config)
+    client = runtime.client_for(config, ApiKey(KEY, "test"))
     try:
-        assert runtime.client.allow_insecure_http is allow
+        assert client.allow_insecure_http is allow
     finally:
-        runtime.client.close()
+        client.close()
 
 
 class _Built(Exception):

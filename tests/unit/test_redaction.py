@@ -190,7 +190,7 @@ def test_the_ledger_and_the_retry_line_never_hold_the_key(tmp_path: Path, listen
         Ledger(tmp_path / "ledger.sqlite3") as ledger,
         structlog.testing.capture_logs(processors=[logs.redact]) as logged,
     ):
-        result = Uploader(client, ledger, max_attempts=3).run(Job(folder, "a.txt"))
+        result = Uploader(client, ledger, max_attempts=3).run_through(Job(folder, "a.txt"))
         row = ledger.get(folder.key, "a.txt")
     assert result.outcome is Outcome.RETRY
     assert row is not None and row.last_error is not None

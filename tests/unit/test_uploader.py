@@ -165,7 +165,7 @@ class Rig:
         current = self.next.get(job.key)
         if current is not None and current.folder == job.folder:
             job = replace(current, probe=job.probe, orphan=job.orphan)
-        result = self.uploader.run(job)
+        result = self.uploader.run_through(job)
         self.next[job.key] = job.after(result)
         return result
 
@@ -455,7 +455,7 @@ class Pipeline:
             self.rig.ledger.add_pending(step.pending)
         ran = []
         for job in step.submit:
-            result = self.rig.uploader.run(job)
+            result = self.rig.uploader.run_through(job)
             change = self.sched.finished(job, result)
             if change is not None:
                 announce_auth(change, result, KEY_SOURCE, Metrics(CollectorRegistry()))
@@ -748,11 +748,11 @@ def test_file_truncated_during_the_put_is_changed_not_failed(rig: Rig) -> None:
     rig.server.on_put_chunk = truncate
     uploader = replace(rig.uploader, max_attempts=1)  # a permanent error would fail at once
     job = rig.job("big.bin")
-    assert uploader.run(job).outcome is Outcome.CHANGED
+    assert uploader.run_through(job).outcome is Outcome.CHANGED
     assert rig.server.count("report") == 0
     assert rig.row("big.bin").state is State.PENDING
     rig.server.on_put_chunk = None
-    assert uploader.run(job).outcome is Outcome.DONE
+    assert uploader.run_through(job).outcome is Outcome.DONE
     (fsid,) = rig.server.reported
     assert rig.server.stored[fsid] == data[:10]
 

@@ -13,7 +13,7 @@ def test_the_uploader_beats_at_every_stage_and_every_chunk(rig: Rig) -> None:
     rig.write("big.bin", b"x" * (4 * CHUNK_SIZE))
     beats: list[str] = []
     uploader = replace(rig.uploader, beat=beats.append)
-    assert uploader.run(rig.job("big.bin")).outcome is Outcome.DONE
+    assert uploader.run_through(rig.job("big.bin")).outcome is Outcome.DONE
     assert beats[0] == "ticket"
     assert beats.count("put") >= 4  # one per chunk at least
     assert beats[-1] == "report"

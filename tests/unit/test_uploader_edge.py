@@ -102,7 +102,7 @@ class Rig:
         return FolderConfig(self.inbox, **kw)
 
     def run(self, relpath: str, folder: FolderConfig | None = None, **kw: Any) -> Result:
-        return self.uploader.run(Job(folder or self.folder, relpath, **kw))
+        return self.uploader.run_through(Job(folder or self.folder, relpath, **kw))
 
     def row(self, relpath: str, folder: FolderConfig | None = None) -> Any:
         return self.ledger.get((folder or self.folder).key, relpath)
@@ -356,11 +356,11 @@ def test_a_retry_never_puts_a_version_that_did_not_settle(rig: Rig) -> None:
     path = rig.write("doc.txt", b"v1")
     job = Job(rig.folder, "doc.txt", settled=sig_of(path))
     rig.server.failing_puts = 1  # a 503: retried later, with the same URL
-    first = rig.uploader.run(job)
+    first = rig.uploader.run_through(job)
     assert first.outcome is Outcome.RETRY and first.ticket is not None
     path.write_bytes(b"v2, half written")
     puts = sum(1 for e, _ in rig.server.calls if e == "put")
-    assert rig.uploader.run(job.after(first)).outcome is Outcome.CHANGED
+    assert rig.uploader.run_through(job.after(first)).outcome is Outcome.CHANGED
     assert sum(1 for e, _ in rig.server.calls if e == "put") == puts
     assert rig.server.reported == []
 

@@ -73,7 +73,7 @@ def run_upload(tmp_path: Path, size: int) -> tuple[Any, list[dict[str, Any]], in
         ledger.add_pending([(folder.key, "big.bin", FileSig.from_stat(os.stat(path)))])
         uploader = Uploader(client, ledger, max_attempts=3, clock=clock)
         with capture_logs() as events:
-            result = uploader.run(Job(folder, "big.bin"))
+            result = uploader.run_through(Job(folder, "big.bin"))
         entry = ledger.get(folder.key, "big.bin")
         assert entry is not None and entry.state is State.REPORTED
     finally:

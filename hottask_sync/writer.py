@@ -1,0 +1,222 @@
+"""The single ledger writer: one thread does every write, many at a time, one commit each.
+
+Workers no longer take turns on one connection behind one lock, each waiting through its
+own fsync: they hand their transitions to this thread, which runs all that are waiting in
+one transaction (each a savepoint of its own, so one refused transition undoes only
+itself) and commits once. A batch holding a ``put`` commits with a full sync, which then
+covers every ``put`` in it; a file is reported only once its ``put`` is durable (see
+:class:`Pending`). Reads never wait for the writer: they use a read-only connection of
+their own (SQLite's WAL lets readers and the writer work at once).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from .errors import LedgerError
+from .files import FileSig
+from .ledger import Entry, Known, Ledger
+
+T = TypeVar("T")
+
+#: At most this many operations share one transaction.
+MAX_BATCH = 256
+
+
+@dataclass
+class Pending(Generic[T]):
+    """A write handed to the writer: :meth:`wait` returns its result once committed, or
+    raises what refused it (an IllegalTransition, a LedgerError of the commit)."""
+
+    fn: Callable[[Ledger], T]
+    durable: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def wait(self) -> T:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[no-any-return]
+
+
+class LedgerWriter:
+    """The thread that owns the ledger's write connection."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._queue: queue.SimpleQueue[Pending[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self.batches = 0  # commits made (for the bench and tests)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Commits what was handed in, then ends."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
+        """Hands a write over without waiting for it."""
+        pending: Pending[T] = Pending(fn, durable)
+        self._queue.put(pending)
+        return pending
+
+    def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
+        """Hands a write over and waits until it is committed; returns its result."""
+        return self.submit(fn, durable=durable).wait()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[Pending[Any]]) -> None:
+        try:
+            with self._ledger.batch(durable=any(p.durable for p in batch)):
+                for p in batch:
+                    try:
+                        p.result = p.fn(self._ledger)
+                    except LedgerError as exc:  # refused: undone alone (a savepoint)
+                        p.error = exc
+        except LedgerError as exc:  # the commit failed: nothing of the batch was written
+            for p in batch:
+                if p.error is None:
+                    p.error = exc
+        except BaseException as exc:  # a bug: every waiter must still wake up
+            for p in batch:
+                p.error = p.error or LedgerError(f"ledger writer: {exc!r}")
+        self.batches += 1
+        for p in batch:
+            p.done.set()
+
+
+class LedgerOps(Protocol):
+    """What an upload needs of a ledger: a :class:`Ledger` itself (one-shot uploads, tests)
+    or a :class:`SharedLedger` (the daemon)."""
+
+    def get(self, folder: str, relpath: str) -> Entry | None: ...
+    def forget(self, folder: str, relpath: str) -> bool: ...
+    def mark_ticketed(
+        self, folder: str, relpath: str, sig: FileSig, file_store_id: str
+    ) -> None: ...
+    def mark_put(
+        self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
+    ) -> None: ...
+    def mark_reported(
+        self, folder: str, relpath: str, *, file_store_id: str | None = None
+    ) -> None: ...
+    def mark_disposed(self, folder: str, relpath: str) -> None: ...
+    def mark_verified(self, folder: str, relpath: str, sig: FileSig) -> None: ...
+    def mark_pending(self, folder: str, relpath: str, sig: FileSig | None = None) -> None: ...
+    def record_error(
+        self,
+        folder: str,
+        relpath: str,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        fail_now: bool = False,
+        sig: FileSig | None = None,
+    ) -> Entry: ...
+
+
+class SharedLedger:
+    """The ledger as the workers and the main loop see it: reads on a read-only connection
+    of its own, writes through the single writer. The methods are the Ledger's."""
+
+    def __init__(self, writer: LedgerWriter, path: Path) -> None:
+        self.writer = writer
+        self.path = path
+        self._reader = Ledger(path, readonly=True)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, folder: str, relpath: str) -> Entry | None:
+        return self._reader.get(folder, relpath)
+
+    def known(self, folder: str, relpaths: Sequence[str]) -> dict[str, Known]:
+        return self._reader.known(folder, relpaths)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def add_pending(self, items: Iterable[tuple[str, str, FileSig]]) -> None:
+        rows = list(items)
+        self.writer.call(lambda led: led.add_pending(rows))
+
+    def mark_ticketed(self, folder: str, relpath: str, sig: FileSig, file_store_id: str) -> None:
+        self.writer.call(lambda led: led.mark_ticketed(folder, relpath, sig, file_store_id))
+
+    def mark_put(
+        self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
+    ) -> None:
+        """Records the ``put`` durably: returns once a synced commit holds it (one sync for
+        every ``put`` handed in meanwhile)."""
+        self.writer.call(
+            lambda led: led.mark_put(folder, relpath, sha256, file_store_id=file_store_id),
+            durable=True,
+        )
+
+    def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
+        self.writer.call(
+            lambda led: led.mark_reported(folder, relpath, file_store_id=file_store_id)
+        )
+
+    def mark_disposed(self, folder: str, relpath: str) -> None:
+        self.writer.call(lambda led: led.mark_disposed(folder, relpath))
+
+    def mark_verified(self, folder: str, relpath: str, sig: FileSig) -> None:
+        self.writer.call(lambda led: led.mark_verified(folder, relpath, sig))
+
+    def mark_pending(self, folder: str, relpath: str, sig: FileSig | None = None) -> None:
+        self.writer.call(lambda led: led.mark_pending(folder, relpath, sig))
+
+    def forget(self, folder: str, relpath: str) -> bool:
+        return self.writer.call(lambda led: led.forget(folder, relpath))
+
+    def record_error(
+        self,
+        folder: str,
+        relpath: str,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        fail_now: bool = False,
+        sig: FileSig | None = None,
+    ) -> Entry:
+        return self.writer.call(
+            lambda led: led.record_error(
+                folder,
+                relpath,
+                error,
+                permanent=permanent,
+                max_attempts=max_attempts,
+                fail_now=fail_now,
+                sig=sig,
+            )
+        )

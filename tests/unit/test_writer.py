@@ -1,0 +1,105 @@
+"""The single ledger writer: writes handed in together share one transaction and one sync
+(group commit), a refused one undoes only itself, a failed commit fails them all."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hottask_sync.errors import LedgerError
+from hottask_sync.files import FileSig
+from hottask_sync.ledger import IllegalTransition, Ledger, State
+from hottask_sync.writer import LedgerWriter, SharedLedger
+
+F = "/srv/in"
+SIG = FileSig(5, 1, 1, 1, 1)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger.in_dir(tmp_path)
+
+
+def test_writes_waiting_together_are_committed_together_with_one_sync(ledger: Ledger) -> None:
+    syncs: list[bool] = []
+    real_batch = ledger.batch
+
+    def counting_batch(*, durable: bool = False) -> object:
+        syncs.append(durable)
+        return real_batch(durable=durable)
+
+    ledger.batch = counting_batch  # type: ignore[method-assign]
+    for i in range(8):
+        ledger.mark_ticketed(F, f"f{i}", SIG, f"fs-{i}")
+    writer = LedgerWriter(ledger)
+    # Eight workers hand their put in at once, before the writer runs: one batch, one sync.
+    pendings = [
+        writer.submit(lambda led, i=i: led.mark_put(F, f"f{i}", "ab" * 32), durable=True)
+        for i in range(8)
+    ]
+    writer.start()
+    for p in pendings:
+        p.wait()
+    writer.stop(5)
+    assert syncs == [True]
+    assert all(ledger.get(F, f"f{i}").state is State.PUT for i in range(8))  # type: ignore[union-attr]
+
+
+def test_a_refused_write_undoes_only_itself(ledger: Ledger) -> None:
+    ledger.mark_ticketed(F, "a", SIG, "fs-a")
+    writer = LedgerWriter(ledger)
+    refused = writer.submit(lambda led: led.mark_reported(F, "a"))  # not put yet: illegal
+    kept = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    writer.start()
+    with pytest.raises(IllegalTransition):
+        refused.wait()
+    kept.wait()
+    writer.stop(5)
+    assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+
+
+def test_a_commit_that_fails_fails_every_write_of_the_batch(ledger: Ledger) -> None:
+    class FullDisk:
+        """A ledger whose commit fails (as on a full disk) after the writes ran."""
+
+        @contextlib.contextmanager
+        def batch(self, *, durable: bool = False) -> Iterator[None]:
+            with ledger.batch(durable=durable):
+                yield
+                raise LedgerError("ledger: database or disk is full")
+
+    writer = LedgerWriter(FullDisk())  # type: ignore[arg-type]
+    first = writer.submit(lambda led: None)
+    second = writer.submit(lambda led: None, durable=True)
+    writer.start()
+    for p in (first, second):
+        with pytest.raises(LedgerError, match="disk is full"):
+            p.wait()
+    writer.stop(5)
+
+
+def test_shared_ledger_reads_do_not_wait_for_the_writer(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.add_pending([(F, "a", SIG)])
+    writer = LedgerWriter(ledger)
+    shared = SharedLedger(writer, ledger.path)
+    hold = threading.Event()
+    holding = threading.Event()
+
+    def slow(led: Ledger) -> None:
+        holding.set()
+        hold.wait(10)  # a batch stuck in a slow sync, say
+
+    writer.start()
+    blocked = writer.submit(slow)
+    assert holding.wait(10)
+    assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
+    hold.set()
+    blocked.wait()
+    shared.mark_ticketed(F, "a", SIG, "fs-a")
+    assert shared.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+    writer.stop(5)
+    shared.close()
