@@ -8,6 +8,7 @@ example config (``hottask-sync init``, config.example.toml) and the README's tab
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import stat
@@ -483,8 +484,10 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "hottask-sync"
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
-    """Returns True for localhost and loopback IP literals."""
+    """Returns True for localhost and loopback IP literals (cached: every upload URL's host
+    is asked about)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

@@ -1052,8 +1052,11 @@ class Ledger(_LedgerUpkeep):
             durable=True,
         )
 
-    def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
-        """Records that ReportUploadSuccess succeeded: the file is done.
+    def mark_reported(
+        self, folder: str, relpath: str, *, file_store_id: str | None = None, wait: bool = True
+    ) -> None:
+        """Records that ReportUploadSuccess succeeded: the file is done (``wait`` is for the
+        shared ledger's sake: here the commit is always made before returning).
 
         Only from ``put`` (and, when ``file_store_id`` is given, only for that ticket);
         raises IllegalTransition otherwise. Clears ``last_error``; sets ``reported_at``.

@@ -77,7 +77,9 @@ class WorkerPool:
             self._threads.append(t)
         for _ in range(len(self._threads) - size):
             self._work.put(None)
-        while self._finish is not None and len(self._reporters) < size:
+        # Report threads mostly wait (for a commit, for the service): twice as many as
+        # upload slots, so a slow disk or a far service never holds the slots up.
+        while self._finish is not None and len(self._reporters) < 2 * size:
             # Never fewer: a report handed over is always taken.
             t = threading.Thread(
                 target=self._reporter, name=f"report-{len(self._reporters)}", daemon=True

@@ -35,7 +35,7 @@ from .keyring import KeyReader
 from .ledger import Ledger, State
 from .metrics import Metrics
 from .notify import Notifier
-from .outage import Outage
+from .outage import wait_out
 from .pool import WorkerPool
 from .scanner import Scanner
 from .scheduler import Scheduler
@@ -148,38 +148,19 @@ class Runtime:
             clock=self.clock,
             beat=self.pool.beat,
         )
-        self.scheduler = Scheduler(
-            cfg.folders,
-            settle_seconds=cfg.sync.settle_seconds,
-            concurrency=cfg.sync.concurrency,
-            clock=self.clock,
-            wall=time.time,
-            lookup=lambda key: self.records.get(*key),
-            auth_probe_seconds=cfg.api.auth_probe_seconds,
-            max_tracked=HINTS_MAX,
-        )
+        self.scheduler = scheduler_for(cfg, self.records, self.clock)
         self.board = StatusBoard(self.notifier, self.metrics)
-        self.intake = Intake(
+        scanner = Scanner(
+            self.ledger.path,
             self._wake.set,
-            Scanner(
-                self.ledger.path,
-                self._wake.set,
-                clock=self.clock,
-                retention_days=cfg.sync.ledger_retention_days,
-            ),
+            clock=self.clock,
+            retention_days=cfg.sync.ledger_retention_days,
         )
+        self.intake = Intake(self._wake.set, scanner)
 
     def _start(self) -> None:
         cfg = self.config
-        log.info(
-            "daemon.starting",
-            folders=[f.key for f in cfg.folders],
-            state_dir=str(cfg.sync.state_dir),
-            base_url=cfg.api.base_url,
-            key_source=self.key.source,
-            concurrency=cfg.sync.concurrency,
-            settle_seconds=cfg.sync.settle_seconds,
-        )
+        log.info("daemon.starting", key_source=self.key.source, **_starting(cfg))
         fs.adopt_spellings(self.ledger, cfg.folders)  # before anything reads the ledger
         self.intake.start()
         self.watches.watcher.start()
@@ -229,8 +210,7 @@ class Runtime:
                 self.abort.set()
                 log.warning("daemon.cutting_off", in_flight=self.scheduler.in_flight)
                 deadline = now + ABORT_WAIT_SECONDS
-            self._wake.wait(min(0.5, max(0.0, deadline - now)))
-            self._wake.clear()
+            self._nap(min(0.5, max(0.0, deadline - now)))
             self._settle_results()
 
     # --- the main loop -----------------------------------------------------------------------
@@ -281,26 +261,21 @@ class Runtime:
         (or on SIGTERM). Nothing is handed out meanwhile."""
         for job in self.pool.close():
             self.scheduler.forget_in_flight(job)
-        outage = Outage(self.clock())
-        interval = self.notifier.watchdog_interval
         self.notifier.status(f"waiting: the ledger cannot be written ({error})")
-        while not self.signals.stop_requested:
-            now = self.clock()
-            if interval is not None and now >= next_ping:
-                self.notifier.watchdog()
-                next_ping = now + interval
-            if outage.probe_due(now):
-                try:
-                    self.ledger.probe_write()
-                except LedgerError as exc:
-                    if outage.remind_due(now):
-                        log.error("ledger.still_failing", error=str(exc))
-                else:
-                    log.info("ledger.writable", hint="exiting for a restart that resumes")
-                    return
-            self._wake.wait(max(0.0, min(outage.next_probe, next_ping) - now))
-            self._wake.clear()
-            self._settle_results()  # running uploads end (they cannot record either)
+        wait_out(
+            probe=self.ledger.probe_write,
+            clock=self.clock,
+            stopping=lambda: self.signals.stop_requested,
+            ping=self.notifier.watchdog,
+            interval=self.notifier.watchdog_interval,
+            next_ping=next_ping,
+            nap=self._nap,
+            meanwhile=self._settle_results,  # running uploads end (they cannot record)
+        )
+
+    def _nap(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def _settle_results(self) -> None:
         """While stopping: takes results in without acting on them (a hand-off to the report
@@ -318,8 +293,7 @@ class Runtime:
             candidates.append(key_deadline)
         if (wake := self.scheduler.wake_at()) is not None:
             candidates.append(wake)
-        self._wake.wait(min(max(0.0, min(candidates) - now), MAX_SLEEP_SECONDS))
-        self._wake.clear()
+        self._nap(min(max(0.0, min(candidates) - now), MAX_SLEEP_SECONDS))
 
     def _healthy(self) -> bool:
         """Threads alive and every busy worker making progress (the stuck are named)."""
@@ -410,6 +384,17 @@ class Runtime:
         self.notifier.ready(self.board.line)
 
 
+def _starting(cfg: Config) -> dict[str, object]:
+    """What daemon.starting says of the config."""
+    return {
+        "folders": [f.key for f in cfg.folders],
+        "state_dir": str(cfg.sync.state_dir),
+        "base_url": cfg.api.base_url,
+        "concurrency": cfg.sync.concurrency,
+        "settle_seconds": cfg.sync.settle_seconds,
+    }
+
+
 def client_for(
     config: Config, key: ApiKey, transport: httpx.BaseTransport | None = None
 ) -> HotTaskClient:
@@ -421,6 +406,20 @@ def client_for(
         max_connections=max(64, config.sync.concurrency),
         transport=transport,
         allow_insecure_http=config.api.allow_insecure_http,
+    )
+
+
+def scheduler_for(config: Config, records: SharedLedger, clock: Callable[[], float]) -> Scheduler:
+    """The daemon's scheduler, as the config says (ledger rows read through ``records``)."""
+    return Scheduler(
+        config.folders,
+        settle_seconds=config.sync.settle_seconds,
+        concurrency=config.sync.concurrency,
+        clock=clock,
+        wall=time.time,
+        lookup=lambda key: records.get(*key),
+        auth_probe_seconds=config.api.auth_probe_seconds,
+        max_tracked=HINTS_MAX,
     )
 
 

@@ -97,8 +97,79 @@ class Handoff:
     key_accepted: bool
 
 
+class _FailureRules:
+    """What a failed call or an unreadable file means for the file: a pause for auth, a
+    retry after a backoff delay, or (permanent errors past ``max_attempts``) failed. A part
+    of :class:`Uploader`, apart for its size."""
+
+    ledger: LedgerOps
+    max_attempts: int
+    metrics: Any
+    rng: random.Random
+
+    def _delay(self, failures: int, retry_after: float | None = None) -> float:
+        with _RNG_LOCK:
+            return retry_delay(failures, self.rng, retry_after=retry_after)
+
+    def _failed_call(
+        self, run: _Run, exc: ApiError, ctx: dict[str, Any], sig: FileSig | None
+    ) -> Result:
+        stage = run.stage
+        run.failures += 1
+        if isinstance(exc, AuthError):
+            if self.metrics is not None:
+                self.metrics.upload_failed("auth")
+            run.failures = 0  # an auth pause is not this file's fault
+            return run.result(Outcome.AUTH, error=redact_text(str(exc)))
+        if isinstance(exc, TransientError):
+            self.ledger.record_error(
+                run.job.folder.key,
+                run.job.relpath,
+                redact_text(f"{stage}: {exc}"),
+                permanent=False,
+                max_attempts=self.max_attempts,
+            )
+            delay = self._delay(run.failures, exc.retry_after)
+            log.warning(
+                "upload.retry", stage=stage, error=str(exc), retry_in_s=round(delay, 2), **ctx
+            )
+            if self.metrics is not None:
+                self.metrics.upload_failed("transient")
+            return run.result(Outcome.RETRY, delay=delay, error=redact_text(str(exc)))
+        return self._fail(run, exc, {**ctx, "stage": stage}, sig)
+
+    def _fail(self, run: _Run, exc: ApiError, ctx: dict[str, Any], sig: FileSig | None) -> Result:
+        fail_now = isinstance(exc, PermanentError) and exc.fail_now
+        error = redact_text(str(exc))
+        updated = self.ledger.record_error(
+            run.job.folder.key,
+            run.job.relpath,
+            error,
+            permanent=True,
+            max_attempts=self.max_attempts,
+            fail_now=fail_now,
+            sig=sig,
+        )
+        if self.metrics is not None:
+            self.metrics.upload_failed("permanent")
+        if updated.state is State.FAILED:
+            log.error("upload.failed", error=str(exc), attempts=updated.attempts, **ctx)
+            return run.result(Outcome.FAILED, ticket=None, error=error)
+        run.failures = max(run.failures, updated.attempts)
+        delay = self._delay(run.failures)
+        log.warning(
+            "upload.retry",
+            error=str(exc),
+            attempts=updated.attempts,
+            max_attempts=self.max_attempts,
+            retry_in_s=round(delay, 2),
+            **ctx,
+        )
+        return run.result(Outcome.RETRY, ticket=None, delay=delay, error=error)
+
+
 @dataclass(frozen=True)
-class Uploader:
+class Uploader(_FailureRules):
     """Runs jobs; shared by all workers, never changed (a reload makes a new one).
 
     ``paused`` is the scheduler's auth pause as the workers see it: while it is set, only a
@@ -281,7 +352,9 @@ class Uploader:
         except ApiError as exc:
             return self._failed_call(run, exc, ctx, sig)
         run.key_accepted = True
-        self.ledger.mark_reported(folder.key, relpath)
+        # A move or delete must wait for the report's commit; with nothing after it, the
+        # report stage goes on at once.
+        self.ledger.mark_reported(folder.key, relpath, wait=folder.after_upload != "keep")
         duration = self.clock() - h.started
         if self.metrics is not None:
             self.metrics.upload_succeeded(sig.size, duration)
@@ -339,44 +412,11 @@ class Uploader:
 
     def _put(self, ticket: Ticket, fd: int, size: int, ctx: dict[str, Any]) -> str:
         """PUTs the file, hashing as it streams; returns the sha256 hex digest."""
-        hasher = Hasher.for_size(size)
-        started = self.clock()
-        deadline = started + PUT_DEADLINE_SLACK_SECONDS + size / MIN_PUT_RATE
-        progress = size >= PROGRESS_MIN_BYTES
-        state = {"sent": 0, "next_progress": started + PROGRESS_EVERY_SECONDS}
-
-        def on_chunk(chunk: bytes) -> None:
-            self.beat("put")
-            if self.abort.is_set():
-                raise Stopped()
-            if self.throttle is not None:
-                self.throttle.consume(len(chunk), self.abort.wait)
-            now = self.clock()
-            if now > deadline:
-                raise TransientError(
-                    f"PUT: slower than {MIN_PUT_RATE // 1024} KiB/s on average; cut off",
-                    maybe_applied=True,
-                )
-            hasher.update(chunk)
-            state["sent"] += len(chunk)
-            if self.metrics is not None:
-                self.metrics.bytes_sent(len(chunk))
-            if progress and now >= state["next_progress"]:
-                state["next_progress"] = now + PROGRESS_EVERY_SECONDS
-                elapsed = max(now - started, 1e-9)
-                log.info(
-                    "upload.progress",
-                    bytes_sent=state["sent"],
-                    percent=round(100.0 * state["sent"] / size, 1),
-                    rate_bytes_per_second=round(state["sent"] / elapsed),
-                    file_store_id=ticket.file_store_id,
-                    **ctx,
-                )
-
+        watch = _PutWatch(self, ticket, size, ctx)
         try:
-            self.client.put(ticket, fd, size, on_chunk=on_chunk)
+            self.client.put(ticket, fd, size, on_chunk=watch)
         finally:
-            digest = hasher.hexdigest()
+            digest = watch.hasher.hexdigest()
         return digest
 
     def _report_resumed(self, run: _Run, entry: Entry) -> Result:
@@ -404,68 +444,6 @@ class Uploader:
         # A newer version may stand at the path now: the scheduler looks at it again.
         return run.result(Outcome.DONE, look_again=True)
 
-    # --- failures --------------------------------------------------------------------------
-
-    def _delay(self, failures: int, retry_after: float | None = None) -> float:
-        with _RNG_LOCK:
-            return retry_delay(failures, self.rng, retry_after=retry_after)
-
-    def _failed_call(
-        self, run: _Run, exc: ApiError, ctx: dict[str, Any], sig: FileSig | None
-    ) -> Result:
-        stage = run.stage
-        run.failures += 1
-        if isinstance(exc, AuthError):
-            if self.metrics is not None:
-                self.metrics.upload_failed("auth")
-            run.failures = 0  # an auth pause is not this file's fault
-            return run.result(Outcome.AUTH, error=redact_text(str(exc)))
-        if isinstance(exc, TransientError):
-            self.ledger.record_error(
-                run.job.folder.key,
-                run.job.relpath,
-                redact_text(f"{stage}: {exc}"),
-                permanent=False,
-                max_attempts=self.max_attempts,
-            )
-            delay = self._delay(run.failures, exc.retry_after)
-            log.warning(
-                "upload.retry", stage=stage, error=str(exc), retry_in_s=round(delay, 2), **ctx
-            )
-            if self.metrics is not None:
-                self.metrics.upload_failed("transient")
-            return run.result(Outcome.RETRY, delay=delay, error=redact_text(str(exc)))
-        return self._fail(run, exc, {**ctx, "stage": stage}, sig)
-
-    def _fail(self, run: _Run, exc: ApiError, ctx: dict[str, Any], sig: FileSig | None) -> Result:
-        fail_now = isinstance(exc, PermanentError) and exc.fail_now
-        error = redact_text(str(exc))
-        updated = self.ledger.record_error(
-            run.job.folder.key,
-            run.job.relpath,
-            error,
-            permanent=True,
-            max_attempts=self.max_attempts,
-            fail_now=fail_now,
-            sig=sig,
-        )
-        if self.metrics is not None:
-            self.metrics.upload_failed("permanent")
-        if updated.state is State.FAILED:
-            log.error("upload.failed", error=str(exc), attempts=updated.attempts, **ctx)
-            return run.result(Outcome.FAILED, ticket=None, error=error)
-        run.failures = max(run.failures, updated.attempts)
-        delay = self._delay(run.failures)
-        log.warning(
-            "upload.retry",
-            error=str(exc),
-            attempts=updated.attempts,
-            max_attempts=self.max_attempts,
-            retry_in_s=round(delay, 2),
-            **ctx,
-        )
-        return run.result(Outcome.RETRY, ticket=None, delay=delay, error=error)
-
 
 # --- filesystem adapters --------------------------------------------------------------------
 
@@ -483,6 +461,50 @@ def _dispose_resumed(job: Job, sig: FileSig, ledger: LedgerOps, ctx: dict[str, A
         reported = ledger.get(job.folder.key, job.relpath)
         if reported is not None:
             dispose(job, reported, sig, ledger, ctx, held=held)
+
+
+class _PutWatch:
+    """What every chunk of one PUT goes through before it is sent: the shutdown's abort, the
+    bandwidth throttle, the average-rate deadline, the hash, the metrics, the progress log
+    and the pool's sign of progress."""
+
+    def __init__(self, up: Uploader, ticket: Ticket, size: int, ctx: dict[str, Any]) -> None:
+        self.up, self.ticket, self.size, self.ctx = up, ticket, size, ctx
+        self.hasher = Hasher.for_size(size)
+        self.started = up.clock()
+        self.deadline = self.started + PUT_DEADLINE_SLACK_SECONDS + size / MIN_PUT_RATE
+        self.progress = size >= PROGRESS_MIN_BYTES
+        self.sent = 0
+        self.next_progress = self.started + PROGRESS_EVERY_SECONDS
+
+    def __call__(self, chunk: bytes) -> None:
+        up = self.up
+        up.beat("put")
+        if up.abort.is_set():
+            raise Stopped()
+        if up.throttle is not None:
+            up.throttle.consume(len(chunk), up.abort.wait)
+        now = up.clock()
+        if now > self.deadline:
+            raise TransientError(
+                f"PUT: slower than {MIN_PUT_RATE // 1024} KiB/s on average; cut off",
+                maybe_applied=True,
+            )
+        self.hasher.update(chunk)
+        self.sent += len(chunk)
+        if up.metrics is not None:
+            up.metrics.bytes_sent(len(chunk))
+        if self.progress and now >= self.next_progress:
+            self.next_progress = now + PROGRESS_EVERY_SECONDS
+            elapsed = max(now - self.started, 1e-9)
+            log.info(
+                "upload.progress",
+                bytes_sent=self.sent,
+                percent=round(100.0 * self.sent / self.size, 1),
+                rate_bytes_per_second=round(self.sent / elapsed),
+                file_store_id=self.ticket.file_store_id,
+                **self.ctx,
+            )
 
 
 class Hasher:

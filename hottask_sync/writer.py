@@ -124,7 +124,7 @@ class LedgerOps(Protocol):
         self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
     ) -> None: ...
     def mark_reported(
-        self, folder: str, relpath: str, *, file_store_id: str | None = None
+        self, folder: str, relpath: str, *, file_store_id: str | None = None, wait: bool = True
     ) -> None: ...
     def mark_disposed(self, folder: str, relpath: str) -> None: ...
     def mark_verified(self, folder: str, relpath: str, sig: FileSig) -> None: ...
@@ -169,7 +169,11 @@ class SharedLedger:
         self.writer.call(lambda led: led.add_pending(rows))
 
     def mark_ticketed(self, folder: str, relpath: str, sig: FileSig, file_store_id: str) -> None:
-        self.writer.call(lambda led: led.mark_ticketed(folder, relpath, sig, file_store_id))
+        """Hands the ticket over without waiting: the PUT need not wait for a commit. The
+        writer keeps the order, so the ``put`` of the same file comes after it; if the
+        ticket was refused (or not committed), that ``put`` is refused too, and nothing is
+        reported."""
+        self.writer.submit(lambda led: led.mark_ticketed(folder, relpath, sig, file_store_id))
 
     def mark_put(
         self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
@@ -181,10 +185,17 @@ class SharedLedger:
             durable=True,
         )
 
-    def mark_reported(self, folder: str, relpath: str, *, file_store_id: str | None = None) -> None:
-        self.writer.call(
+    def mark_reported(
+        self, folder: str, relpath: str, *, file_store_id: str | None = None, wait: bool = True
+    ) -> None:
+        """Records the report; without ``wait``, hands it over and returns at once (fine
+        when nothing follows that needs it committed: losing it only means the same
+        FileStoreId is reported again after a restart)."""
+        pending = self.writer.submit(
             lambda led: led.mark_reported(folder, relpath, file_store_id=file_store_id)
         )
+        if wait:
+            pending.wait()
 
     def mark_disposed(self, folder: str, relpath: str) -> None:
         self.writer.call(lambda led: led.mark_disposed(folder, relpath))

@@ -99,7 +99,35 @@ def test_shared_ledger_reads_do_not_wait_for_the_writer(ledger: Ledger, tmp_path
     assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
     hold.set()
     blocked.wait()
-    shared.mark_ticketed(F, "a", SIG, "fs-a")
-    assert shared.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+    shared.mark_pending(F, "a", SIG)  # a write that waits for its commit
+    assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
+    writer.stop(5)
+    shared.close()
+
+
+def test_a_ticket_is_handed_over_without_waiting_and_its_put_follows_it(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)  # not started yet: nothing is committed
+    shared = SharedLedger(writer, ledger.path)
+    shared.mark_ticketed(F, "a", SIG, "fs-a")  # returns at once: the PUT need not wait
+    assert shared.get(F, "a") is None
+    writer.start()
+    shared.mark_put(F, "a", "ab" * 32, file_store_id="fs-a")  # after the ticket, in order
+    assert shared.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+    writer.stop(5)
+    shared.close()
+
+
+def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
+    """The ticket of a row that owes another report is refused; the put that follows it
+    (same file, new ticket) must be refused too, or a new ticket would be reported."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-old")
+    ledger.mark_put(F, "a", "ab" * 32)
+    writer = LedgerWriter(ledger)
+    shared = SharedLedger(writer, ledger.path)
+    writer.start()
+    shared.mark_ticketed(F, "a", SIG, "fs-new")
+    with pytest.raises(IllegalTransition):
+        shared.mark_put(F, "a", "cd" * 32, file_store_id="fs-new")
+    assert shared.get(F, "a").file_store_id == "fs-old"  # type: ignore[union-attr]
     writer.stop(5)
     shared.close()
