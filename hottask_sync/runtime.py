@@ -13,13 +13,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 import httpx
 
 from . import folders as fs
 from . import logs
-from .backoff import Throttle
 from .client import CHUNK_SIZE, HotTaskClient
 from .config import (
     MAX_SHUTDOWN_GRACE_SECONDS,
@@ -139,15 +137,14 @@ class Runtime:
         self.uploader = Uploader(
             self.client,
             self.records,
-            max_attempts=cfg.sync.max_attempts,
+            max_attempts=0,  # set from the config just below, as at a reload
             key_source=self.key.source,
             paused=self.paused,
-            throttle=Throttle(cfg.sync.bandwidth_limit, self.clock),
             abort=self.abort,
             metrics=self.metrics,
             clock=self.clock,
             beat=self.pool.beat,
-        )
+        ).with_settings(cfg.sync)
         self.scheduler = scheduler_for(cfg, self.records, self.clock)
         self.board = StatusBoard(self.notifier, self.metrics)
         scanner = Scanner(
@@ -325,9 +322,7 @@ class Runtime:
         snapshot), then lets a probe held for it go."""
         if (key := self.keys.take(self.key)) is not None:
             self.key = key
-            self.uploader = replace(
-                self.uploader, client=self.client.with_key(key.value), key_source=key.source
-            )
+            self.uploader = self.uploader.with_key(key)
         if self._probe is not None and not self.keys.busy:
             self.pool.submit(self._probe)
             self._probe = None
@@ -357,8 +352,6 @@ class Runtime:
             return
         old, self.config = self.config, new
         restart = _restart_needed(old, new)
-        if restart:
-            log.warning("config.restart_needed", keys=restart, hint="these take effect on restart")
         self.keeper.reload(new.folders)
         self.scheduler.reload(
             new.folders, settle_seconds=new.sync.settle_seconds, concurrency=new.sync.concurrency
@@ -368,19 +361,9 @@ class Runtime:
         self.pool.resize(new.sync.concurrency)
         self.intake.scanner.retention_days = new.sync.ledger_retention_days
         logs.set_level(new.logging.level)
-        self.uploader = replace(
-            self.uploader,
-            max_attempts=new.sync.max_attempts,
-            throttle=Throttle(new.sync.bandwidth_limit, self.clock),
-        )
+        self.uploader = self.uploader.with_settings(new.sync)
         self.keys.start(new.api if not restart else old.api, self.environ)
-        log.info(
-            "config.reloaded",
-            folders=[f.key for f in new.folders],
-            settle_seconds=new.sync.settle_seconds,
-            concurrency=new.sync.concurrency,
-            level=new.logging.level,
-        )
+        log.info("config.reloaded", level=new.logging.level, **_starting(new))
         self.notifier.ready(self.board.line)
 
 
@@ -431,8 +414,8 @@ def progress_bound(config: Config) -> float:
 
 
 def _restart_needed(old: Config, new: Config) -> list[str]:
-    """Names the settings that changed but only take effect on restart."""
-    return [
+    """Names (and logs) the settings that changed but only take effect on restart."""
+    restart = [
         name
         for name, a, b in (
             ("api", old.api, new.api),
@@ -442,6 +425,9 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
         )
         if a != b
     ]
+    if restart:
+        log.warning("config.restart_needed", keys=restart, hint="these take effect on restart")
+    return restart
 
 
 def run_daemon(config: Config, environ: Mapping[str, str] | None = None) -> int:

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import beneath
@@ -23,6 +23,7 @@ from .after_upload import dispose
 from .backoff import Throttle, retry_delay
 from .beneath import Held, NotRegular
 from .client import MAX_PUT_BYTES, HotTaskClient, Ticket
+from .config import ApiKey, SyncConfig
 from .errors import (
     ApiError,
     AuthError,
@@ -216,6 +217,18 @@ class Uploader(_FailureRules):
             return _moved_under_us(run, exc)
         finally:
             handoff.held.close()
+
+    def with_key(self, key: ApiKey) -> Uploader:
+        """This uploader with another API key: a client sharing the connections, the key
+        sent per request (calls under way keep theirs)."""
+        return replace(self, client=self.client.with_key(key.value), key_source=key.source)
+
+    def with_settings(self, sync: SyncConfig) -> Uploader:
+        """This uploader with reloaded settings (attempts, bandwidth)."""
+        clock = self.clock
+        return replace(
+            self, max_attempts=sync.max_attempts, throttle=Throttle(sync.bandwidth_limit, clock)
+        )
 
     def run_through(self, job: Job) -> Result:
         """:meth:`run`, then :meth:`finish` in this thread (one-shot uploads)."""

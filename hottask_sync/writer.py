@@ -54,6 +54,9 @@ class LedgerWriter:
         self._queue: queue.SimpleQueue[Pending[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self.batches = 0  # commits made (for the bench and tests)
+        # Once a commit failed, writes handed over without waiting may be lost: every later
+        # write fails with that error too (the daemon stops rather than go on unrecorded).
+        self._broken: LedgerError | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -92,6 +95,11 @@ class LedgerWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[Pending[Any]]) -> None:
+        if self._broken is not None:
+            for p in batch:
+                p.error = self._broken
+                p.done.set()
+            return
         try:
             with self._ledger.batch(durable=any(p.durable for p in batch)):
                 for p in batch:
@@ -100,9 +108,9 @@ class LedgerWriter:
                     except LedgerError as exc:  # refused: undone alone (a savepoint)
                         p.error = exc
         except LedgerError as exc:  # the commit failed: nothing of the batch was written
+            self._broken = exc
             for p in batch:
-                if p.error is None:
-                    p.error = exc
+                p.error = exc
         except BaseException as exc:  # a bug: every waiter must still wake up
             for p in batch:
                 p.error = p.error or LedgerError(f"ledger writer: {exc!r}")

@@ -131,3 +131,35 @@ def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
     assert shared.get(F, "a").file_store_id == "fs-old"  # type: ignore[union-attr]
     writer.stop(5)
     shared.close()
+
+
+def test_after_a_failed_commit_every_later_write_fails_too(ledger: Ledger) -> None:
+    """A ticket handed over without waiting may have been lost with the failed commit: the
+    put that follows must not be refused as a mere illegal transition (that would loop
+    upload after upload on a full disk); it fails with the storage error, and so does every
+    later write, so the daemon stops."""
+
+    class FullDiskOnce:
+        failed = False
+
+        @contextlib.contextmanager
+        def batch(self, *, durable: bool = False) -> Iterator[None]:
+            with ledger.batch(durable=durable):
+                yield
+                if not FullDiskOnce.failed:
+                    FullDiskOnce.failed = True
+                    raise LedgerError("ledger: database or disk is full")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(ledger, name)
+
+    writer = LedgerWriter(FullDiskOnce())  # type: ignore[arg-type]
+    ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    writer.start()
+    with pytest.raises(LedgerError, match="disk is full"):
+        ticket.wait()
+    put = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    with pytest.raises(LedgerError, match="disk is full") as info:
+        put.wait()
+    assert not isinstance(info.value, IllegalTransition)
+    writer.stop(5)
