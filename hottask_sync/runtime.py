@@ -293,9 +293,12 @@ class Runtime:
         self._nap(min(max(0.0, min(candidates) - now), MAX_SLEEP_SECONDS))
 
     def _healthy(self) -> bool:
-        """Threads alive and every busy worker making progress (the stuck are named)."""
+        """Every thread alive (a dead one would stall the pipeline quietly) and every busy
+        worker making progress (the stuck are named)."""
         stuck = self.pool.check_progress(progress_bound(self.config))
-        return self.watches.watcher.healthy() and self.pool.alive() and not stuck
+        threads = (self.keeper, self.intake.lookups, self.intake.scanner)
+        alive = self.watches.watcher.healthy() and self.pool.alive()
+        return alive and all(t.alive() for t in threads) and not stuck
 
     def _step(self) -> None:
         step = self.scheduler.step()

@@ -28,7 +28,7 @@ from .backoff import AUTH_PROBE_CAP_SECONDS, AuthCircuit
 from .config import FolderConfig
 from .files import FileSig
 from .jobs import Job, Key, Outcome, Result
-from .ledger import Action, Entry, State, plan
+from .ledger import Action, Entry, Known, State, plan
 from .logs import get_logger
 from .settle import Settler
 
@@ -38,7 +38,7 @@ Lookup = Callable[[Key], Entry | None]
 #: Links and other non-files are named once each, up to this many (then once more).
 SKIPPED_REMEMBERED = 10_000
 #: What a scan knows of a folder from the ledger: relpath -> (state, sig, disposed).
-Known = Mapping[str, tuple[State, FileSig | None, bool]]
+KnownRows = Mapping[str, Known]
 
 
 class Kind(enum.Enum):
@@ -162,7 +162,7 @@ class Scheduler:
         self.settler.hint(key, self._clock(), sig, ready_now=quiet)
 
     def scanned(
-        self, folder_key: str, entries: Iterable[tuple[str, Kind, FileSig | None]], known: Known
+        self, folder_key: str, entries: Iterable[tuple[str, Kind, FileSig | None]], known: KnownRows
     ) -> None:
         """A scan listed a folder: every entry the ledger does not show as done is seen."""
         folder = self.folders.get(folder_key)

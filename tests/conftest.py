@@ -193,3 +193,34 @@ def reported_files(emu: Emulator) -> dict[str, list[str]]:
     for fsid, info in emu.reported().items():
         out.setdefault(info.file_name, []).append(fsid)
     return out
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lock of tmp_path/state until :func:`let_go`."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from hottask_sync.statedir import lock_state_dir\n"
+        "fd = lock_state_dir(Path(sys.argv[1]))\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "state")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    try:
+        yield proc
+    finally:
+        let_go(proc)
+
+
+def let_go(proc: subprocess.Popen[str]) -> None:
+    """Makes a holder exit (closing its stdin), which releases its lock."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    proc.wait(10)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hottask_sync.emulator import Emulator
-from tests.conftest import API_KEY, DaemonProcess, write_config
+from tests.conftest import API_KEY, DaemonProcess, let_go, write_config
 from tests.fakes import clean_env
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -67,37 +66,6 @@ def config(tmp_path: Path, emulator: Emulator) -> Path:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     return write_config(tmp_path / "config.toml", emulator.base_url, [{"path": str(inbox)}])
-
-
-@pytest.fixture
-def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the state directory's lock until its stdin is closed."""
-    code = (
-        "import sys\n"
-        "from pathlib import Path\n"
-        "from hottask_sync.statedir import lock_state_dir\n"
-        "fd = lock_state_dir(Path(sys.argv[1]))\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / "state")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
-    try:
-        yield proc
-    finally:
-        let_go(proc)
-
-
-def let_go(proc: subprocess.Popen[str]) -> None:
-    """Makes the holder exit (closing its stdin), which releases its lock."""
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    proc.wait(10)
 
 
 def test_sighup_right_after_the_lock_does_not_kill_the_daemon(

@@ -13,7 +13,6 @@ import pytest
 from hottask_sync.config import ApiConfig, ApiKey, resolve_api_key
 from hottask_sync.errors import KeyNotFoundError
 from hottask_sync.keyring import KeyReader
-from tests.conftest import wait_for
 from tests.fakes import FakeClock
 
 API = ApiConfig()
@@ -32,15 +31,16 @@ def test_a_key_read_comes_back_as_an_event() -> None:
 
 def test_a_hung_read_is_given_up_after_the_timeout_and_its_late_answer_dropped() -> None:
     clock = FakeClock()
-    release = threading.Event()
-    done = threading.Event()
+    releases = [threading.Event(), threading.Event()]
+    keys = iter(["late", "fresh"])
+    woken = threading.Semaphore(0)
 
-    def hang(api: ApiConfig, env: Mapping[str, str]) -> ApiKey:
-        release.wait(10)
-        done.set()
-        return ApiKey("late", "test")
+    def read(api: ApiConfig, env: Mapping[str, str]) -> ApiKey:
+        value = next(keys)
+        releases[0 if value == "late" else 1].wait(10)
+        return ApiKey(value, "test")
 
-    reader = KeyReader(lambda: None, clock, read=hang, timeout=5.0)
+    reader = KeyReader(woken.release, clock, read=read, timeout=5.0)
     reader.start(API, {})
     reader.start(API, {})  # one read at a time
     assert reader.busy and reader.deadline() == clock() + 5.0
@@ -50,10 +50,14 @@ def test_a_hung_read_is_given_up_after_the_timeout_and_its_late_answer_dropped()
     answer = reader.poll()
     assert isinstance(answer, KeyNotFoundError) and "hung mount" in str(answer)
     assert not reader.busy
-    release.set()
-    assert done.wait(10)
-    wait_for(lambda: True)
-    assert reader.poll() is None  # the hung read's late answer is not taken
+    reader.start(API, {})  # the next read (a later probe) while the hung one still hangs
+    releases[0].set()  # the hung read answers now, late
+    assert woken.acquire(timeout=10)
+    assert reader.poll() is None  # its late answer is not taken for the new read's
+    releases[1].set()
+    assert woken.acquire(timeout=10)
+    fresh = reader.poll()
+    assert isinstance(fresh, ApiKey) and fresh.value == "fresh"
 
 
 def test_a_fifo_as_the_key_file_is_refused_at_once(tmp_path: Path) -> None:

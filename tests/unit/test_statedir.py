@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +36,6 @@ class _PausingOs:
             self.inside.set()
             self.release.wait(20)
         os.close(fd)
-
-
-@pytest.fixture
-def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the lock of tmp_path/state until its stdin is closed."""
-    code = (
-        "import sys\n"
-        "from pathlib import Path\n"
-        "from hottask_sync.statedir import lock_state_dir\n"
-        "fd = lock_state_dir(Path(sys.argv[1]))\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / "state")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
-    try:
-        yield proc
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(10)
 
 
 def test_a_probe_while_a_daemon_starts_does_not_make_it_fail(
