@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ NAIVE_IMPL = "requests" if importlib.util.find_spec("requests") is not None else
 
 #: When set (``--profile DIR``), every daemon runs under ``py-spy record`` into DIR.
 PROFILE_DIR: Path | None = None
-PROFILE_RATE = 200
+PROFILE_RATE = int(os.environ.get("BENCH_SPY_RATE", "100"))
 SPY_EXTRA: list[str] = os.environ.get("BENCH_SPY_EXTRA", "").split()  # "--gil", "--idle"
 
 
@@ -1328,6 +1328,10 @@ def row_idle(work: Path, n_dirs: int, seconds: float) -> list[Row]:
     ]
 
 
+#: Row 6a's target (issue 11: a million new files at once under 300 MiB).
+BACKLOG_RSS_MIB = 300
+
+
 def row_backlog(work: Path, n_files: int) -> list[Row]:
     """Row 6: n new files dropped at once into a running daemon: peak RSS, all uploaded."""
     warm_bytecode()
@@ -1363,8 +1367,8 @@ def row_backlog(work: Path, n_files: int) -> list[Row]:
             f"backlog: {n_files} new files dropped at once: daemon peak RSS",
             peak / MIB,
             " MiB",
-            "< 250 MiB",
-            peak < 250 * MIB,
+            f"< {BACKLOG_RSS_MIB} MiB",
+            peak < BACKLOG_RSS_MIB * MIB,
             f"all uploaded in {wall:.1f} s, {n_files / wall:.0f} files/s",
             {
                 "drop_s": round(dropped, 2),
@@ -1471,6 +1475,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy every daemon")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--backlog-files",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"row 6's file count (default {FULL.backlog_files:,}; the target is for 1,000,000)",
+    )
+    parser.add_argument(
         "--emulator",
         choices=("lean", "full"),
         default="lean",
@@ -1481,6 +1492,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         PROFILE_DIR = Path(args.profile).resolve()
     sizes = QUICK if args.quick else FULL
+    if args.backlog_files is not None:
+        sizes = replace(sizes, backlog_files=args.backlog_files)
     chosen = [r.strip() for r in args.only.split(",") if r.strip()] or list(ROWS)
     unknown = [r for r in chosen if r not in ROWS]
     if unknown:

@@ -223,7 +223,14 @@ def open_folder(path: str | os.PathLike[str]) -> int:
     FileNotFoundError when it is missing or not a directory, OSError otherwise.
     """
     try:
-        return os.open(os.path.realpath(path), _DIR_FLAGS)
+        try:
+            # The configured path was resolved at load: no link to resolve again, and a
+            # realpath() for every file would stat each of its components.
+            return os.open(path, _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # ENOTDIR: a link, say
+                raise
+        return os.open(os.path.realpath(path), _DIR_FLAGS)  # it is a link now
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None

@@ -246,10 +246,21 @@ class HotTaskClient:
                 offset += len(chunk)
                 yield chunk
 
+        content: bytes | Iterator[bytes]
+        if size <= chunk_size:
+            # One chunk: read and checked before the request, sent in one piece (a
+            # stream costs a generator and a write more per file).
+            content = os.pread(fd, size, 0)
+            if len(content) < size:
+                raise PermanentError(f"file shrank to {len(content)} bytes while being read")
+            if on_chunk is not None:
+                on_chunk(content)
+        else:
+            content = body()
         try:
             response = self._s3.put(
                 ticket.url,
-                content=body(),
+                content=content,
                 # An explicit Content-Length makes httpx stream the generator without
                 # chunked encoding, which S3 refuses (501) on presigned PUTs.
                 headers={"Content-Length": str(size)},

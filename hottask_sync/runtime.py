@@ -115,11 +115,10 @@ class Runtime:
             except LedgerError as exc:
                 raise UserError(str(exc)) from exc
             stack.callback(self.ledger.close)
-            # Every write goes through one writer thread (group commit); reads have a
-            # connection of their own. Stopped after everything else (callbacks run last
-            # first), so that what the workers handed in is committed.
+            # Every write goes through one writer (group commit); reads have a connection
+            # of their own. Stopped after everything else (callbacks run last first), so
+            # that what the workers handed in is committed.
             self.writer = LedgerWriter(self.ledger)
-            self.writer.start()
             stack.callback(self.writer.stop, JOIN_SECONDS)
             self.records = SharedLedger(self.writer, self.ledger.path)
             stack.callback(self.records.close)

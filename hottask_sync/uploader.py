@@ -205,7 +205,7 @@ class Uploader(_FailureRules):
             return _moved_under_us(run, exc)
 
     def finish(self, handoff: Handoff) -> Result:
-        """The report stage: records the ``put`` durably (the single writer's group
+        """The report stage: records the ``put`` durably (the writer's group
         commit), reports it, records the report, moves or deletes the file; returns what
         happened. Raises LedgerError when a step cannot be recorded."""
         run = _Run(handoff.job)

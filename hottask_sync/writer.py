@@ -1,18 +1,22 @@
-"""The single ledger writer: one thread does every write, many at a time, one commit each.
+"""The ledger writer: every write, many at a time, one commit each, without a thread of its own.
 
 Workers no longer take turns on one connection behind one lock, each waiting through its
-own fsync: they hand their transitions to this thread, which runs all that are waiting in
-one transaction (each a savepoint of its own, so one refused transition undoes only
-itself) and commits once. A batch holding a ``put`` commits with a full sync, which then
-covers every ``put`` in it; a file is reported only once its ``put`` is durable (see
-:class:`Pending`). Reads never wait for the writer: they use a read-only connection of
-their own (SQLite's WAL lets readers and the writer work at once).
+own fsync, and they no longer hand each write to a writer thread (two thread switches per
+write, the largest cost of a file on a fast disk). They queue their transitions; whoever
+finds no commit under way takes the turn and commits every write queued, in order, in one
+transaction (each a savepoint of its own, so one refused transition undoes only itself).
+While one thread syncs, the writes queued meanwhile wait for the next turn and share its
+commit: group commit. A batch holding a ``put`` commits with a full sync, which then covers
+every ``put`` in it; a file is reported only once its ``put`` is durable (see
+:class:`Pending`). A write handed in without waiting never runs a sync in the caller's
+thread: an upload slot never waits for the disk. Reads never wait for writes: they use a
+read-only connection of their own (SQLite's WAL lets readers and the writer work at once).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import LedgerError
 from .files import FileSig
-from .ledger import Entry, Known, Ledger
+from .ledger import Entry, IllegalTransition, Known, Ledger
 
 T = TypeVar("T")
 
@@ -28,95 +32,137 @@ T = TypeVar("T")
 MAX_BATCH = 256
 
 
-@dataclass
+@dataclass(eq=False)
 class Pending(Generic[T]):
     """A write handed to the writer: :meth:`wait` returns its result once committed, or
     raises what refused it (an IllegalTransition, a LedgerError of the commit)."""
 
     fn: Callable[[Ledger], T]
     durable: bool
-    done: threading.Event = field(default_factory=threading.Event)
+    writer: LedgerWriter = field(repr=False)
+    done: bool = False
     result: Any = None
     error: BaseException | None = None
 
     def wait(self) -> T:
-        self.done.wait()
+        self.writer.wait_for(self)
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[no-any-return]
 
 
 class LedgerWriter:
-    """The thread that owns the ledger's write connection."""
+    """Commits the writes handed in, in the order handed in, in as few commits as the disk
+    allows (see the module's docstring). Thread-safe."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._queue: queue.SimpleQueue[Pending[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._queue: deque[Pending[Any]] = deque()
+        # Held by the one thread committing; a waiting writer blocks on it, so when it gets
+        # the turn, everything queued while the last commit ran goes in one batch.
+        self._turn = threading.Lock()
         self.batches = 0  # commits made (for the bench and tests)
         # Once a commit failed, writes handed over without waiting may be lost: every later
         # write fails with that error too (the daemon stops rather than go on unrecorded).
         self._broken: LedgerError | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self, timeout: float) -> None:
-        """Commits what was handed in, then ends."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        """Commits what was handed in and not yet committed (waiting at most ``timeout``
+        seconds for a commit under way)."""
+        if self._turn.acquire(timeout=timeout):
+            try:
+                self._drain(durable=True)
+            finally:
+                self._turn.release()
 
     def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
-        """Hands a write over without waiting for it."""
-        pending: Pending[T] = Pending(fn, durable)
-        self._queue.put(pending)
+        """Hands a write over without waiting for a sync: it is committed now, in this
+        thread, when no commit is under way and no durable write is queued before it;
+        otherwise by the next thread to take the turn."""
+        pending: Pending[T] = Pending(fn, durable, self)
+        self._queue.append(pending)
+        self._lead_quick()
         return pending
 
     def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
         """Hands a write over and waits until it is committed; returns its result."""
-        return self.submit(fn, durable=durable).wait()
+        pending: Pending[T] = Pending(fn, durable, self)
+        self._queue.append(pending)
+        return pending.wait()
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
+    def wait_for(self, pending: Pending[Any]) -> None:
+        """Returns once ``pending`` is committed (or refused): taking the turn, and
+        committing everything queued, when it is not done by then."""
+        while not pending.done:
+            with self._turn:
+                if not pending.done:
+                    self._drain(durable=True)
+        # Writes queued while this thread held the turn, by threads that did not wait.
+        self._lead_quick()
+
+    def _lead_quick(self) -> None:
+        """Commits the writes queued, unless a commit is under way (its thread takes them
+        or leaves them to the next) or a durable write comes first (its own thread, which
+        waits for it, runs that sync)."""
+        while self._head_is_quick() and self._turn.acquire(blocking=False):
+            try:
+                self._drain(durable=False)
+            finally:
+                self._turn.release()
+
+    def _commit_one(self, p: Pending[Any]) -> None:
+        """A batch of one: the operation's own transaction (durable when it is: a ``put``
+        is), without the savepoint and its two statements."""
+        try:
+            p.result = p.fn(self._ledger)
+        except IllegalTransition as exc:  # refused: nothing else to undo
+            p.error = exc
+
+    def _head_is_quick(self) -> bool:
+        try:
+            return not self._queue[0].durable
+        except IndexError:  # empty, or emptied by the thread committing just now
+            return False
+
+    def _drain(self, *, durable: bool) -> None:
+        """With the turn held: commits the queued writes in order, in batches; without
+        ``durable``, stops before the first durable one."""
+        while True:
+            batch: list[Pending[Any]] = []
+            while self._queue and len(batch) < MAX_BATCH:
+                if self._queue[0].durable and not durable:
+                    break
+                batch.append(self._queue.popleft())
+            if not batch:
                 return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
             self._commit(batch)
 
     def _commit(self, batch: list[Pending[Any]]) -> None:
         if self._broken is not None:
             for p in batch:
                 p.error = self._broken
-                p.done.set()
+                p.done = True
             return
         try:
-            with self._ledger.batch(durable=any(p.durable for p in batch)):
-                for p in batch:
-                    try:
-                        p.result = p.fn(self._ledger)
-                    except LedgerError as exc:  # refused: undone alone (a savepoint)
-                        p.error = exc
+            if len(batch) == 1:
+                self._commit_one(batch[0])
+            else:
+                with self._ledger.batch(durable=any(p.durable for p in batch)):
+                    for p in batch:
+                        try:
+                            p.result = p.fn(self._ledger)
+                        except LedgerError as exc:  # refused: undone alone (a savepoint)
+                            p.error = exc
         except LedgerError as exc:  # the commit failed: nothing of the batch was written
             self._broken = exc
             for p in batch:
                 p.error = exc
-        except BaseException as exc:  # a bug: every waiter must still wake up
+        except BaseException as exc:  # a bug: every waiter must still hear of it
             for p in batch:
                 p.error = p.error or LedgerError(f"ledger writer: {exc!r}")
         self.batches += 1
         for p in batch:
-            p.done.set()
+            p.done = True
 
 
 class LedgerOps(Protocol):

@@ -1,10 +1,12 @@
-"""The single ledger writer: writes handed in together share one transaction and one sync
-(group commit), a refused one undoes only itself, a failed commit fails them all."""
+"""The ledger writer: writes handed in while a commit runs share the next one and its sync
+(group commit), a refused one undoes only itself, a failed commit fails them all, a write
+handed in without waiting never runs a sync in the caller's thread and is never left behind."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
 from hottask_sync.ledger import IllegalTransition, Ledger, State
-from hottask_sync.writer import LedgerWriter, SharedLedger
+from hottask_sync.writer import LedgerWriter, Pending, SharedLedger
 
 F = "/srv/in"
 SIG = FileSig(5, 1, 1, 1, 1)
@@ -24,7 +26,42 @@ def ledger(tmp_path: Path) -> Ledger:
     return Ledger.in_dir(tmp_path)
 
 
-def test_writes_waiting_together_are_committed_together_with_one_sync(ledger: Ledger) -> None:
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+@contextlib.contextmanager
+def commit_under_way(writer: LedgerWriter) -> Iterator[threading.Thread]:
+    """Another thread is in the middle of a commit (a slow sync, say) until the block ends;
+    yields that thread, which is joined at the end."""
+    running, release = threading.Event(), threading.Event()
+
+    def slow(led: Ledger) -> None:
+        running.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=writer.call, args=(slow,), kwargs={"durable": True})
+    thread.start()
+    assert running.wait(10)
+    try:
+        yield thread
+    finally:
+        release.set()
+        thread.join(10)
+
+
+def in_threads(n: int, fn: object) -> list[threading.Thread]:
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]  # type: ignore[arg-type]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def counting_batches(ledger: Ledger) -> list[bool]:
+    """Records the durability of every multi-write commit of ``ledger``."""
     syncs: list[bool] = []
     real_batch = ledger.batch
 
@@ -33,87 +70,155 @@ def test_writes_waiting_together_are_committed_together_with_one_sync(ledger: Le
         return real_batch(durable=durable)
 
     ledger.batch = counting_batch  # type: ignore[method-assign]
+    return syncs
+
+
+def test_a_write_with_nothing_else_going_is_committed_at_once_in_the_callers_thread(
+    ledger: Ledger,
+) -> None:
+    writer = LedgerWriter(ledger)
+    shared = SharedLedger(writer, ledger.path)
+    shared.mark_ticketed(F, "a", SIG, "fs-a")  # handed over without waiting: done already
+    assert shared.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+    shared.mark_put(F, "a", "ab" * 32, file_store_id="fs-a")
+    assert shared.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+    assert writer.batches == 2
+    shared.close()
+
+
+def test_writes_handed_in_during_a_commit_share_the_next_one_and_its_sync(
+    ledger: Ledger,
+) -> None:
     for i in range(8):
         ledger.mark_ticketed(F, f"f{i}", SIG, f"fs-{i}")
+    syncs = counting_batches(ledger)
     writer = LedgerWriter(ledger)
-    # Eight workers hand their put in at once, before the writer runs: one batch, one sync.
-    pendings = [
-        writer.submit(lambda led, i=i: led.mark_put(F, f"f{i}", "ab" * 32), durable=True)
-        for i in range(8)
-    ]
-    writer.start()
-    for p in pendings:
-        p.wait()
-    writer.stop(5)
+    with commit_under_way(writer):
+        # Eight report threads hand their put in while a sync is under way.
+        waiting = in_threads(
+            8, lambda i: writer.call(lambda led: led.mark_put(F, f"f{i}", "ab" * 32), durable=True)
+        )
+        wait_until(lambda: len(writer._queue) == 8)
+    for t in waiting:
+        t.join(10)
+    assert writer.batches == 2  # the slow one, then the eight together
     assert syncs == [True]
     assert all(ledger.get(F, f"f{i}").state is State.PUT for i in range(8))  # type: ignore[union-attr]
+
+
+def test_a_write_handed_in_during_a_commit_is_never_left_behind(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)
+    with commit_under_way(writer):
+        pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        assert not pending.done  # queued: the turn is taken
+    # The thread that held the turn took it along; nobody else had to write again.
+    assert pending.done and pending.error is None
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+
+
+def test_a_write_handed_in_without_waiting_never_runs_a_sync_in_the_callers_thread(
+    ledger: Ledger,
+) -> None:
+    """An upload slot hands its ticket in while a put waits to be synced: the slot goes on
+    at once; the put's own thread commits both, in order, with one sync."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-a")
+    syncs = counting_batches(ledger)
+    writer = LedgerWriter(ledger)
+    put: Pending[None] = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    ticket = writer.submit(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
+    assert not put.done and not ticket.done and writer.batches == 0
+    put.wait()
+    assert ticket.done and syncs == [True]
+    assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
 
 
 def test_a_refused_write_undoes_only_itself(ledger: Ledger) -> None:
     ledger.mark_ticketed(F, "a", SIG, "fs-a")
     writer = LedgerWriter(ledger)
-    refused = writer.submit(lambda led: led.mark_reported(F, "a"))  # not put yet: illegal
-    kept = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
-    writer.start()
+    with commit_under_way(writer):  # both go in one batch
+        refused = writer.submit(lambda led: led.mark_reported(F, "a"))  # not put yet: illegal
+        kept = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
     with pytest.raises(IllegalTransition):
         refused.wait()
     kept.wait()
-    writer.stop(5)
     assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
 
 
-def test_a_commit_that_fails_fails_every_write_of_the_batch(ledger: Ledger) -> None:
-    class FullDisk:
-        """A ledger whose commit fails (as on a full disk) after the writes ran."""
+def test_a_refused_write_alone_is_refused(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)
+    with pytest.raises(IllegalTransition):
+        writer.call(lambda led: led.mark_reported(F, "nothing"))
+    writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))  # not broken by it
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
 
-        @contextlib.contextmanager
-        def batch(self, *, durable: bool = False) -> Iterator[None]:
-            with ledger.batch(durable=durable):
-                yield
+
+class FullDisk:
+    """A ledger whose commits fail (as on a full disk) after the writes ran, ``times``
+    times; every other attribute is the real ledger's."""
+
+    def __init__(self, ledger: Ledger, times: int = 1_000) -> None:
+        self.ledger, self.times = ledger, times
+
+    @contextlib.contextmanager
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        with self.ledger.batch(durable=durable):
+            yield
+            if self.times > 0:
+                self.times -= 1
                 raise LedgerError("ledger: database or disk is full")
 
-    writer = LedgerWriter(FullDisk())  # type: ignore[arg-type]
-    first = writer.submit(lambda led: None)
-    second = writer.submit(lambda led: None, durable=True)
-    writer.start()
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.ledger, name)
+
+
+def test_a_commit_that_fails_fails_every_write_of_the_batch(ledger: Ledger) -> None:
+    writer = LedgerWriter(FullDisk(ledger))  # type: ignore[arg-type]
+    with commit_under_way(writer):
+        first = writer.submit(lambda led: None)
+        second = writer.submit(lambda led: None, durable=True)
     for p in (first, second):
         with pytest.raises(LedgerError, match="disk is full"):
             p.wait()
-    writer.stop(5)
 
 
-def test_shared_ledger_reads_do_not_wait_for_the_writer(ledger: Ledger, tmp_path: Path) -> None:
+def test_after_a_failed_commit_every_later_write_fails_too(ledger: Ledger) -> None:
+    """A ticket handed over without waiting may have been lost with the failed commit: the
+    put that follows must not be refused as a mere illegal transition (that would loop
+    upload after upload on a full disk); it fails with the storage error, and so does every
+    later write, so the daemon stops."""
+    full = FullDisk(ledger, times=1)
+    writer = LedgerWriter(full)  # type: ignore[arg-type]
+    with commit_under_way(writer):
+        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        writer.submit(lambda led: None)  # a batch of two: through the failing commit
+    with pytest.raises(LedgerError, match="disk is full"):
+        ticket.wait()
+    assert full.times == 0  # the disk has room again, yet:
+    with pytest.raises(LedgerError, match="disk is full") as info:
+        writer.call(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    assert not isinstance(info.value, IllegalTransition)
+
+
+def test_a_single_write_that_cannot_be_stored_breaks_the_writer(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)
+
+    def full(led: Ledger) -> None:
+        raise LedgerError("ledger: database or disk is full")
+
+    writer.submit(full)
+    with pytest.raises(LedgerError, match="disk is full"):
+        writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    assert ledger.get(F, "a") is None
+
+
+def test_shared_ledger_reads_do_not_wait_for_the_writer(ledger: Ledger) -> None:
     ledger.add_pending([(F, "a", SIG)])
     writer = LedgerWriter(ledger)
     shared = SharedLedger(writer, ledger.path)
-    hold = threading.Event()
-    holding = threading.Event()
-
-    def slow(led: Ledger) -> None:
-        holding.set()
-        hold.wait(10)  # a batch stuck in a slow sync, say
-
-    writer.start()
-    blocked = writer.submit(slow)
-    assert holding.wait(10)
-    assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
-    hold.set()
-    blocked.wait()
+    with commit_under_way(writer):  # a batch stuck in a slow sync, say
+        assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
     shared.mark_pending(F, "a", SIG)  # a write that waits for its commit
     assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
-    writer.stop(5)
-    shared.close()
-
-
-def test_a_ticket_is_handed_over_without_waiting_and_its_put_follows_it(ledger: Ledger) -> None:
-    writer = LedgerWriter(ledger)  # not started yet: nothing is committed
-    shared = SharedLedger(writer, ledger.path)
-    shared.mark_ticketed(F, "a", SIG, "fs-a")  # returns at once: the PUT need not wait
-    assert shared.get(F, "a") is None
-    writer.start()
-    shared.mark_put(F, "a", "ab" * 32, file_store_id="fs-a")  # after the ticket, in order
-    assert shared.get(F, "a").state is State.PUT  # type: ignore[union-attr]
-    writer.stop(5)
     shared.close()
 
 
@@ -124,42 +229,39 @@ def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
     ledger.mark_put(F, "a", "ab" * 32)
     writer = LedgerWriter(ledger)
     shared = SharedLedger(writer, ledger.path)
-    writer.start()
     shared.mark_ticketed(F, "a", SIG, "fs-new")
     with pytest.raises(IllegalTransition):
         shared.mark_put(F, "a", "cd" * 32, file_store_id="fs-new")
     assert shared.get(F, "a").file_store_id == "fs-old"  # type: ignore[union-attr]
-    writer.stop(5)
     shared.close()
 
 
-def test_after_a_failed_commit_every_later_write_fails_too(ledger: Ledger) -> None:
-    """A ticket handed over without waiting may have been lost with the failed commit: the
-    put that follows must not be refused as a mere illegal transition (that would loop
-    upload after upload on a full disk); it fails with the storage error, and so does every
-    later write, so the daemon stops."""
-
-    class FullDiskOnce:
-        failed = False
-
-        @contextlib.contextmanager
-        def batch(self, *, durable: bool = False) -> Iterator[None]:
-            with ledger.batch(durable=durable):
-                yield
-                if not FullDiskOnce.failed:
-                    FullDiskOnce.failed = True
-                    raise LedgerError("ledger: database or disk is full")
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(ledger, name)
-
-    writer = LedgerWriter(FullDiskOnce())  # type: ignore[arg-type]
-    ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-    writer.start()
-    with pytest.raises(LedgerError, match="disk is full"):
-        ticket.wait()
-    put = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
-    with pytest.raises(LedgerError, match="disk is full") as info:
-        put.wait()
-    assert not isinstance(info.value, IllegalTransition)
+def test_stop_commits_what_was_handed_in(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)
+    writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)  # not waited
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
     writer.stop(5)
+    assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+
+
+def test_a_write_handed_in_as_the_turn_ends_is_taken_by_the_thread_ending_it(
+    ledger: Ledger,
+) -> None:
+    """Handed in after the committing thread's last look at the queue but before it let
+    go of the turn (the submitter found the turn taken): still committed, by that thread."""
+    late: list[Pending[None]] = []
+
+    class LateArrival(LedgerWriter):
+        def _drain(self, *, durable: bool) -> None:
+            super()._drain(durable=durable)
+            if not late:
+                late.append(
+                    Pending(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"), False, self)
+                )
+                self._queue.append(late[0])
+
+    writer = LateArrival(ledger)
+    writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    assert late and late[0].done
+    assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
