@@ -150,9 +150,22 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     set_level(level)
+    threading.excepthook = _log_thread_crash
     # httpx logs every request with its full URL at INFO: the presigned signature would leak.
     for name in ("httpx", "httpcore", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: an exception that ends a thread (a bug) becomes one
+    redacted log line with its traceback, not raw text on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    get_logger("hottask_sync").error(
+        "thread.crashed",
+        thread=args.thread.name if args.thread is not None else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def set_level(level: str) -> None:

@@ -88,6 +88,7 @@ class Runtime:
         self.keeper = fs.FolderKeeper(self.watches, lambda folders: self.intake.scan(*folders))
         self.keys = KeyReader(self._wake.set, self.clock)
         self._probe: Job | None = None  # held until the key is read again
+        self._dead: set[str] = set()  # parts whose thread died, named once
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -292,12 +293,27 @@ class Runtime:
         self._nap(min(max(0.0, min(candidates) - now), MAX_SLEEP_SECONDS))
 
     def _healthy(self) -> bool:
-        """Every thread alive (a dead one would stall the pipeline quietly) and every busy
-        worker making progress (the stuck are named)."""
+        """Every thread alive (a dead one would stall the pipeline quietly: each newly dead
+        part is named in an error) and every busy worker making progress (the stuck are
+        named too)."""
         stuck = self.pool.check_progress(progress_bound(self.config))
-        threads = (self.keeper, self.intake.lookups, self.intake.scanner)
-        alive = self.watches.watcher.healthy() and self.pool.alive()
-        return alive and all(t.alive() for t in threads) and not stuck
+        parts: tuple[tuple[str, Callable[[], bool]], ...] = (
+            ("watcher", self.watches.watcher.healthy),
+            ("upload workers", self.pool.alive),
+            ("folder keeper", self.keeper.alive),
+            ("lookups", self.intake.lookups.alive),
+            ("scanner", self.intake.scanner.alive),
+        )
+        dead = {name for name, alive in parts if not alive()}
+        for name in sorted(dead - self._dead):
+            log.error(
+                "daemon.thread_died",
+                part=name,
+                hint="a bug stopped part of the pipeline; no more watchdog pings, so "
+                "systemd restarts the service",
+            )
+        self._dead = dead
+        return not dead and not stuck
 
     def _step(self) -> None:
         step = self.scheduler.step()

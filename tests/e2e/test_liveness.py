@@ -9,6 +9,7 @@ a $NOTIFY_SOCKET of the test's with a short $WATCHDOG_USEC.
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -110,3 +111,77 @@ def test_ready_and_pings_go_on_while_scans_and_folder_checks_hang(
     assert len(pings) >= 10, f"only {len(pings)} pings in 3 s while the scan hung"
     assert max(gaps) < WATCHDOG_USEC / 2e6 + 0.3, gaps
     assert proc.returncode == 0, err.decode()
+
+
+#: Runs ``hottask-sync run`` with the scanner's thread dead before the main loop starts
+#: (a bug in it, forced: it raises at once, its message quoting the key).
+DEAD_SCANNER = """\
+import os
+import sys
+
+import hottask_sync.scanner as scanner
+
+
+def crash(self):
+    raise RuntimeError("a bug, near " + os.environ["HOTTASK_API_KEY"])
+
+
+real_start = scanner.Scanner.start
+
+
+def start(self):
+    real_start(self)
+    self._thread.join()  # dead before anything else runs
+
+
+scanner.Scanner._run = crash
+scanner.Scanner.start = start
+
+from hottask_sync.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_dead_thread_stops_the_pings_and_is_named_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path / "c.toml", emulator.base_url, [{"path": str(inbox)}])
+    script = tmp_path / "launcher.py"
+    script.write_text(DEAD_SCANNER, encoding="utf-8")
+    notify = NotifySocket(tmp_path / "n.sock")
+    env = clean_env(
+        HOTTASK_API_KEY=API_KEY, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        notify.receive_until(lambda ms: any("READY" in m for m in ms), 10, "READY=1")
+        ready_at = time.monotonic()
+        # Ten ping intervals: a healthy daemon pings five times a second here.
+        notify.receive_until(lambda ms: time.monotonic() - ready_at > 2.0, 5, "2 s")
+    finally:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        notify.close()
+    pings = [f for _, f in notify.messages if "WATCHDOG" in f]
+    assert pings == [], "a daemon with a dead part must not tell systemd it is fine"
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    died = [ln for ln in lines if ln["event"] == "daemon.thread_died"]
+    assert [d["part"] for d in died] == ["scanner"]  # named once, not at every check
+    crashed = [ln for ln in lines if ln["event"] == "thread.crashed"]
+    assert len(crashed) == 1 and crashed[0]["thread"] == "scanner"
+    assert "RuntimeError" in crashed[0]["exception"]
+    whole = (out + err).decode()
+    assert API_KEY not in whole
+    assert "Traceback" not in err.decode()  # the crash went to the log, not raw to stderr
