@@ -52,6 +52,20 @@ def test_throughput_row_measures_the_daemon_and_every_reference(tmp_path: Path) 
     assert check.details["daemon"]["who"] == f"daemon (concurrency {bench.CONCURRENCY})"
 
 
+def test_layers_measures_every_layer() -> None:
+    layers = Path(bench.__file__).with_name("layers.py")
+    done = subprocess.run(
+        [sys.executable, str(layers), "--files", "16", "--reps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["bare", "client", "uploader", "ledger", "writer"]
+    assert all(float(line.split()[1]) > 0 for line in lines)
+
+
 def test_latency_row_measures_each_file(tmp_path: Path) -> None:
     (row,) = bench.row_latency(tmp_path, samples=2)
     assert row.row == "3"
