@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from .client import Ticket
 from .config import FolderConfig
 from .files import FileSig
+from .ledger import Entry
 
 Key = tuple[str, str]  # (folder key, relative path)
 
@@ -26,7 +27,10 @@ class Job:
     ``settled`` is the version that settled (None for a report resumed from the ledger);
     ``probe`` marks the one job allowed to call the API while uploads are paused for auth;
     ``orphan`` marks a report owed for a folder no longer configured (its file is never
-    opened, moved or deleted: ``folder`` then only names it).
+    opened, moved or deleted: ``folder`` then only names it). ``row`` is the file's ledger
+    row as the scheduler read it to plan this job (None: it had none), when ``row_read``:
+    the worker does not read it again; a job made for another run (:meth:`after`) reads it
+    afresh.
     """
 
     folder: FolderConfig
@@ -36,6 +40,8 @@ class Job:
     settled: FileSig | None = None
     probe: bool = False
     orphan: bool = False
+    row: Entry | None = field(default=None, repr=False, compare=False)
+    row_read: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> Key:
@@ -47,7 +53,14 @@ class Job:
 
     def after(self, result: Result) -> Job:
         """Given this job's result, returns the job to run next time (never a probe)."""
-        return replace(self, failures=result.failures, ticket=result.ticket, probe=False)
+        return replace(
+            self,
+            failures=result.failures,
+            ticket=result.ticket,
+            probe=False,
+            row=None,
+            row_read=False,
+        )
 
 
 class Outcome(enum.Enum):

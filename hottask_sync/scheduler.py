@@ -279,13 +279,16 @@ class Scheduler:
             if key in self._active:
                 self._dirty.add(key)
                 continue
-            action = plan(self._lookup(key), sig, dispose=folder.after_upload != "keep")
+            row = self._lookup(key)
+            action = plan(row, sig, dispose=folder.after_upload != "keep")
             if action in (Action.SKIP, Action.FAILED):
                 continue
             log.debug("file.settled", folder=key[0], path=key[1], size=sig.size)
             if action is Action.UPLOAD:
                 pending.append((key[0], key[1], sig))
-            self._enqueue(Job(folder, key[1], settled=sig))
+            # The row goes along: the worker plans from it, not from a second read (the
+            # pending row recorded first changes nothing plan() looks at for this version).
+            self._enqueue(Job(folder, key[1], settled=sig, row=row, row_read=True))
         return pending
 
     def _enqueue(self, job: Job) -> None:

@@ -241,7 +241,7 @@ class Uploader(_FailureRules):
     def _run(self, run: _Run) -> Result | Handoff:
         job = run.job
         folder, relpath = job.folder, job.relpath
-        entry = self.ledger.get(folder.key, relpath)
+        entry = job.row if job.row_read else self.ledger.get(folder.key, relpath)
         if job.orphan and (entry is None or entry.state is not State.PUT):
             return run.result(Outcome.SKIPPED)  # reported meanwhile: nothing owed
         if entry is not None and entry.state is State.PUT:

@@ -146,6 +146,18 @@ def test_reported_same_version_is_skipped_and_a_disposal_owed_goes_out_without_a
     step = w.turn()
     assert step.pending == ()  # DISPOSE: the row is reported, nothing to record
     assert [j.key for j in step.submit] == [key]
+    # The row it was planned from goes along: the worker does not read it again.
+    assert [(j.row_read, j.row) for j in step.submit] == [(True, w.rows[key])]
+
+
+def test_a_job_carries_the_row_it_was_planned_from_and_its_retry_does_not(w: World) -> None:
+    key = w.write(A, "new.txt")
+    (job,) = w.settle_all()
+    assert (job.row_read, job.row) == (True, None)  # read: there was none
+    w.s.finished(job, Result(Outcome.RETRY, delay=1.0, failures=1))
+    w.advance(1.0)
+    (again,) = w.out()
+    assert again.key == key and not again.row_read  # the row changed meanwhile: read afresh
 
 
 def test_concurrency_bounds_what_is_handed_out(w: World) -> None:

@@ -892,3 +892,37 @@ def test_failed_move_keeps_the_file_shows_in_status_and_is_retried(rig: Rig) -> 
     assert (rig.done / "sub/a.txt").read_bytes() == b"hello"
     assert rig.row("sub/a.txt", folder).disposed
     assert rig.ledger.recent_failures() == []
+
+
+# --- the row the scheduler read ---------------------------------------------------------------
+
+
+def test_a_job_planned_from_its_row_is_not_read_again_and_its_retry_is(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler read the row to plan the job (issue 12: no second read in the worker);
+    the job made for the next run after a failure reads it afresh (it changed meanwhile)."""
+    path = rig.write("a.txt", b"planned")
+    sig = lstat_regular(path)
+    assert sig is not None
+    rig.ledger.add_pending([(rig.folder.key, "a.txt", sig)])
+    planned = Job(rig.folder, "a.txt", settled=sig, row=rig.row("a.txt"), row_read=True)
+    reads: list[tuple[str, str]] = []
+    real_get = rig.ledger.get
+
+    def counting_get(folder: str, relpath: str) -> Any:
+        reads.append((folder, relpath))
+        return real_get(folder, relpath)
+
+    monkeypatch.setattr(rig.ledger, "get", counting_get)
+    rig.server.faults["report"].append(status(503))
+    first = rig.uploader.run_through(planned)
+    assert first.outcome is Outcome.RETRY
+    assert reads == []  # planned: the worker did not read the row
+    again = planned.after(first)
+    assert not again.row_read
+    second = rig.uploader.run_through(again)
+    assert second.outcome is Outcome.DONE  # resumed from the row: put, so only the report
+    assert reads[0] == (rig.folder.key, "a.txt")
+    assert [endpoint for endpoint, _ in rig.server.calls] == ["pre", "put", "report", "report"]
+    assert rig.row("a.txt").state is State.REPORTED
