@@ -838,6 +838,18 @@ class _LedgerUpkeep(_LedgerReads):
         the end when the transaction cannot commit: then none of it was written."""
         return self._store.batch(durable=durable)
 
+    def stop_autocheckpoint(self) -> None:
+        """This connection's commits no longer copy the WAL back into the database when it
+        grows (SQLite's automatic checkpoint, which syncs): :meth:`checkpoint` does."""
+        with self._store.reading() as conn:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def checkpoint(self) -> None:
+        """Copies what the WAL holds back into the database, as far as no reader needs it
+        (a passive checkpoint: it never waits for one). Raises LedgerError."""
+        with self._store.reading() as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def probe_write(self) -> None:
         """Raises LedgerError unless the ledger can be written again: room for a new file
         beside it (written and synced, then removed) and a transaction that commits."""

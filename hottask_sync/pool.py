@@ -17,6 +17,8 @@ from .logs import get_logger
 
 log = get_logger("hottask_sync.pool")
 
+#: Report threads per upload slot (the scheduler bounds the report stage by it).
+REPORTERS_PER_SLOT = 2
 #: A job whose worker crashed (a bug) is tried again after this long, not lost.
 CRASH_RETRY_SECONDS = 60.0
 
@@ -79,7 +81,7 @@ class WorkerPool:
             self._work.put(None)
         # Report threads mostly wait (for a commit, for the service): twice as many as
         # upload slots, so a slow disk or a far service never holds the slots up.
-        while self._finish is not None and len(self._reporters) < 2 * size:
+        while self._finish is not None and len(self._reporters) < REPORTERS_PER_SLOT * size:
             # Never fewer: a report handed over is always taken.
             t = threading.Thread(
                 target=self._reporter, name=f"report-{len(self._reporters)}", daemon=True

@@ -53,6 +53,8 @@ ABORT_WAIT_SECONDS = 5.0
 JOIN_SECONDS = 2.0
 #: The main loop looks at its clock at least this often.
 MAX_SLEEP_SECONDS = 5.0
+#: Without a systemd watchdog, threads and workers are checked this often all the same.
+HEALTH_CHECK_SECONDS = 5.0
 
 
 class Runtime:
@@ -217,8 +219,10 @@ class Runtime:
         now = self.clock()
         next_rescan = now + period if period else float("inf")
         interval = self.notifier.watchdog_interval
-        # No watchdog: no ping deadline (a past one would make every wait time out at once).
-        next_ping = now if interval is not None else float("inf")
+        # Health is checked at every ping, or every HEALTH_CHECK_SECONDS without a watchdog
+        # (dead parts and stuck workers are named all the same).
+        check_every = interval if interval is not None else HEALTH_CHECK_SECONDS
+        next_ping = now
         try:
             while not self.signals.stop_requested:
                 now = self.clock()
@@ -236,10 +240,10 @@ class Runtime:
                     next_rescan = now + period if period else float("inf")
                 self._step()
                 self.board.refresh(self.scheduler, self.keeper.missing)
-                if interval is not None and now >= next_ping:
-                    if self._healthy():
+                if now >= next_ping:
+                    if self._healthy() and interval is not None:
                         self.notifier.watchdog()
-                    next_ping = now + interval
+                    next_ping = now + check_every
                 self._sleep(now, next_rescan, next_ping)
         except LedgerError as exc:
             # A worker's failed write or the main thread's own (pending rows): either way
@@ -265,7 +269,8 @@ class Runtime:
             stopping=lambda: self.signals.stop_requested,
             ping=self.notifier.watchdog,
             interval=self.notifier.watchdog_interval,
-            next_ping=next_ping,
+            # Without a watchdog there is no ping to keep (a past deadline would spin).
+            next_ping=next_ping if self.notifier.watchdog_interval is not None else float("inf"),
             nap=self._nap,
             meanwhile=self._settle_results,  # running uploads end (they cannot record)
         )

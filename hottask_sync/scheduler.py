@@ -30,6 +30,7 @@ from .files import FileSig
 from .jobs import Job, Key, Outcome, Result
 from .ledger import Action, Entry, Known, State, plan
 from .logs import get_logger
+from .pool import REPORTERS_PER_SLOT
 from .settle import Settler
 
 log = get_logger("hottask_sync.scheduler")
@@ -296,8 +297,10 @@ class Scheduler:
         self._ready.append(job)
 
     def _feed(self) -> list[Job]:
-        """Jobs for the workers: never more than twice ``concurrency`` in flight; while
-        paused, one waiting job as the probe when its time has come and nothing is out."""
+        """Jobs for the workers: never more than twice ``concurrency`` in (or queued for)
+        an upload slot, nor more in flight in all than the slots and the report stage's
+        threads take; while paused, one waiting job as the probe when its time has come and
+        nothing is out."""
         out: list[Job] = []
         if self.circuit.is_open:
             if self.in_flight or self.circuit.seconds_until_probe() != 0.0:
@@ -306,7 +309,11 @@ class Scheduler:
             if job is not None and self.circuit.allow():
                 out.append(self._hand_out(replace(job, probe=True)))
             return out
-        while len(self._inflight) < self.concurrency * 2:
+        # Each file handed to the report stage holds its descriptors until reported: a
+        # report stage slower than the uploads (a slow disk, a slow report call) must hold
+        # the uploads back, or descriptors pile up until the process runs out (EMFILE).
+        most = self.concurrency * (2 + REPORTERS_PER_SLOT)
+        while len(self._inflight) < self.concurrency * 2 and self.in_flight < most:
             job = self._next_job()
             if job is None:
                 break

@@ -242,6 +242,10 @@ class Uploader(_FailureRules):
         job = run.job
         folder, relpath = job.folder, job.relpath
         entry = job.row if job.row_read else self.ledger.get(folder.key, relpath)
+        if entry is not None and entry.state is State.PUT and job.row_read:
+            # A report owed: its row may have become ``reported`` since it was planned (a
+            # report's record is handed over without waiting): read it again.
+            entry = self.ledger.get(folder.key, relpath)
         if job.orphan and (entry is None or entry.state is not State.PUT):
             return run.result(Outcome.SKIPPED)  # reported meanwhile: nothing owed
         if entry is not None and entry.state is State.PUT:

@@ -15,7 +15,9 @@ read-only connection of their own (SQLite's WAL lets readers and the writer work
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ T = TypeVar("T")
 
 #: At most this many operations share one transaction.
 MAX_BATCH = 256
+#: The WAL is copied back into the database after about this many commits.
+CHECKPOINT_EVERY = 256
 
 
 @dataclass(eq=False)
@@ -40,6 +44,9 @@ class Pending(Generic[T]):
     fn: Callable[[Ledger], T]
     durable: bool
     writer: LedgerWriter = field(repr=False)
+    #: Handed in by a thread that waits for it (:meth:`LedgerWriter.call`): that thread
+    #: commits it (and what is queued with it), never a thread that does not wait.
+    waited: bool = False
     done: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -58,10 +65,14 @@ class LedgerWriter:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._queue: deque[Pending[Any]] = deque()
-        # Held by the one thread committing; a waiting writer blocks on it, so when it gets
-        # the turn, everything queued while the last commit ran goes in one batch.
-        self._turn = threading.Lock()
+        # _leading: one thread is committing. A waiter sleeps on _changed until its write
+        # is done or nobody leads (then it leads): a write done by another thread's
+        # commit wakes its waiter once, with no hand-over of a lock from waiter to waiter.
+        self._changed = threading.Condition(threading.Lock())
+        self._leading = False
         self.batches = 0  # commits made (for the bench and tests)
+        self._checkpointed = 0  # self.batches at the last checkpoint
+        ledger.stop_autocheckpoint()
         # Once a commit failed, writes handed over without waiting may be lost: every later
         # write fails with that error too (the daemon stops rather than go on unrecorded).
         self._broken: LedgerError | None = None
@@ -69,16 +80,27 @@ class LedgerWriter:
     def stop(self, timeout: float) -> None:
         """Commits what was handed in and not yet committed (waiting at most ``timeout``
         seconds for a commit under way)."""
-        if self._turn.acquire(timeout=timeout):
-            try:
-                self._drain(durable=True)
-            finally:
-                self._turn.release()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._leading:
+                if not self._changed.wait(max(0.0, deadline - time.monotonic())):
+                    return
+            self._leading = True
+        try:
+            self._drain(durable=True)
+            with contextlib.suppress(LedgerError):  # a smaller WAL for the next start
+                self._ledger.checkpoint()
+        finally:
+            with self._changed:
+                self._leading = False
+                self._changed.notify_all()
 
     def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
         """Hands a write over without waiting for a sync: it is committed now, in this
-        thread, when no commit is under way and no durable write is queued before it;
-        otherwise by the next thread to take the turn."""
+        thread, when no commit is under way and no write that another thread waits for
+        (or that needs a sync) is queued before it; otherwise by the next thread to commit.
+        A ``durable`` write handed in this way is committed by the next waiting one: wait
+        for it (:meth:`Pending.wait`)."""
         pending: Pending[T] = Pending(fn, durable, self)
         self._queue.append(pending)
         self._lead_quick()
@@ -86,29 +108,49 @@ class LedgerWriter:
 
     def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
         """Hands a write over and waits until it is committed; returns its result."""
-        pending: Pending[T] = Pending(fn, durable, self)
+        pending: Pending[T] = Pending(fn, durable, self, waited=True)
         self._queue.append(pending)
         return pending.wait()
 
     def wait_for(self, pending: Pending[Any]) -> None:
-        """Returns once ``pending`` is committed (or refused): taking the turn, and
-        committing everything queued, when it is not done by then."""
-        while not pending.done:
-            with self._turn:
-                if not pending.done:
-                    self._drain(durable=True)
-        # Writes queued while this thread held the turn, by threads that did not wait.
+        """Returns once ``pending`` is committed (or refused): committing everything queued
+        itself when no other thread is committing by then."""
+        with self._changed:
+            while not pending.done and self._leading:
+                self._changed.wait()
+            if pending.done:
+                return
+            self._leading = True
+        self._lead(durable=True, checkpoint=pending.durable)
+        # Writes queued while this thread committed, by threads that did not wait.
         self._lead_quick()
+
+    def _lead(self, *, durable: bool, checkpoint: bool = False) -> None:
+        """With ``_leading`` set by this thread: commits, then lets go and wakes every
+        waiter (each returns if its write is done; one of the others commits next)."""
+        try:
+            self._drain(durable=durable)
+            if checkpoint and self.batches - self._checkpointed >= CHECKPOINT_EVERY:
+                # The ledger's connection never checkpoints by itself (that would sync in
+                # whichever thread crossed the threshold, an upload slot too): a thread
+                # that waits for a sync anyway copies the WAL back now and then.
+                self._checkpointed = self.batches
+                self._ledger.checkpoint()
+        finally:
+            with self._changed:
+                self._leading = False
+                self._changed.notify_all()
 
     def _lead_quick(self) -> None:
         """Commits the writes queued, unless a commit is under way (its thread takes them
         or leaves them to the next) or a durable write comes first (its own thread, which
         waits for it, runs that sync)."""
-        while self._head_is_quick() and self._turn.acquire(blocking=False):
-            try:
-                self._drain(durable=False)
-            finally:
-                self._turn.release()
+        while self._head_is_quick():
+            with self._changed:
+                if self._leading:
+                    return
+                self._leading = True
+            self._lead(durable=False)
 
     def _commit_one(self, p: Pending[Any]) -> None:
         """A batch of one: the operation's own transaction (durable when it is: a ``put``
@@ -120,17 +162,18 @@ class LedgerWriter:
 
     def _head_is_quick(self) -> bool:
         try:
-            return not self._queue[0].durable
+            head = self._queue[0]
         except IndexError:  # empty, or emptied by the thread committing just now
             return False
+        return not (head.durable or head.waited)
 
     def _drain(self, *, durable: bool) -> None:
-        """With the turn held: commits the queued writes in order, in batches; without
-        ``durable``, stops before the first durable one."""
+        """While leading: commits the queued writes in order, in batches; without
+        ``durable``, stops before the first one that needs a sync or has a waiter."""
         while True:
             batch: list[Pending[Any]] = []
             while self._queue and len(batch) < MAX_BATCH:
-                if self._queue[0].durable and not durable:
+                if not durable and (self._queue[0].durable or self._queue[0].waited):
                     break
                 batch.append(self._queue.popleft())
             if not batch:
@@ -151,7 +194,7 @@ class LedgerWriter:
                     for p in batch:
                         try:
                             p.result = p.fn(self._ledger)
-                        except LedgerError as exc:  # refused: undone alone (a savepoint)
+                        except IllegalTransition as exc:  # refused: undone alone (a savepoint)
                             p.error = exc
         except LedgerError as exc:  # the commit failed: nothing of the batch was written
             self._broken = exc

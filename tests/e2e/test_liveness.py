@@ -185,3 +185,29 @@ def test_a_dead_thread_stops_the_pings_and_is_named_once(
     whole = (out + err).decode()
     assert API_KEY not in whole
     assert "Traceback" not in err.decode()  # the crash went to the log, not raw to stderr
+
+
+def test_a_dead_thread_is_named_without_a_watchdog_too(tmp_path: Path, emulator: Emulator) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path / "c.toml", emulator.base_url, [{"path": str(inbox)}])
+    script = tmp_path / "launcher.py"
+    script.write_text(DEAD_SCANNER, encoding="utf-8")
+    log_path = tmp_path / "out.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(HOTTASK_API_KEY=API_KEY),
+        )
+    try:
+        wait_for(
+            lambda: b"daemon.thread_died" in log_path.read_bytes(),
+            timeout=20,
+            what="the dead scanner named (health checked every 5 s without a watchdog)",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert API_KEY not in log_path.read_text()

@@ -17,6 +17,7 @@ from hottask_sync.config import FolderConfig
 from hottask_sync.files import FileSig
 from hottask_sync.jobs import Job, Key, Outcome, Result
 from hottask_sync.ledger import Entry, State
+from hottask_sync.pool import REPORTERS_PER_SLOT
 from hottask_sync.scheduler import AuthChange, Kind, Scheduler, Step
 from tests.fakes import FakeClock
 
@@ -167,6 +168,25 @@ def test_concurrency_bounds_what_is_handed_out(w: World) -> None:
     assert len(jobs) == 2 * w.concurrency
     w.s.finished(jobs[0], done())
     assert [j.relpath for j in w.out()] == ["f4"]
+
+
+def test_the_report_stage_holds_uploads_back_when_it_falls_behind(w: World) -> None:
+    """Files handed to the report stage hold their descriptors until reported: once the
+    slots and the report threads are all taken, nothing more goes out (seen: 6,640 files
+    waiting for a report thread, 20,000 descriptors, EMFILE on every new connection)."""
+    for i in range(20):
+        w.write(A, f"f{i:02d}")
+    out = w.settle_all()
+    handed = list(out)
+    while out:  # every upload finishes at once, every report lags
+        for job in out:
+            w.s.finished(job, Result(Outcome.REPORTING, failures=0))
+        out = w.out()
+        handed += out
+    most = w.concurrency * (2 + REPORTERS_PER_SLOT)
+    assert len(handed) == most and w.s.in_flight == most
+    w.s.finished(handed[0], done())  # a report comes back: one more may go
+    assert len(w.out()) == 1
 
 
 def test_a_change_seen_while_in_flight_is_settled_again_after_the_result(w: World) -> None:

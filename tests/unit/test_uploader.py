@@ -926,3 +926,21 @@ def test_a_job_planned_from_its_row_is_not_read_again_and_its_retry_is(
     assert reads[0] == (rig.folder.key, "a.txt")
     assert [endpoint for endpoint, _ in rig.server.calls] == ["pre", "put", "report", "report"]
     assert rig.row("a.txt").state is State.REPORTED
+
+
+def test_a_report_planned_from_a_put_row_that_was_reported_since_is_not_sent_again(
+    rig: Rig,
+) -> None:
+    """The scheduler planned a report from a ``put`` row whose report was recorded (handed
+    over without waiting) just after: the worker reads the row again and reports nothing."""
+    path = rig.write("a.txt", b"sent")
+    sig = lstat_regular(path)
+    assert sig is not None
+    rig.ledger.mark_ticketed(rig.folder.key, "a.txt", sig, "fs-1")
+    rig.ledger.mark_put(rig.folder.key, "a.txt", sha(b"sent"))
+    planned_from = rig.row("a.txt")
+    rig.ledger.mark_reported(rig.folder.key, "a.txt")
+    job = Job(rig.folder, "a.txt", settled=sig, row=planned_from, row_read=True)
+    result = rig.uploader.run_through(job)
+    assert result.outcome is Outcome.SKIPPED
+    assert rig.server.calls == []

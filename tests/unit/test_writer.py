@@ -265,3 +265,66 @@ def test_a_write_handed_in_as_the_turn_ends_is_taken_by_the_thread_ending_it(
     writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
     assert late and late[0].done
     assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
+
+
+def test_a_storage_error_inside_a_batch_fails_the_whole_batch(ledger: Ledger) -> None:
+    """Only a refused transition is undone alone; a write that cannot be stored (disk full
+    on a statement) fails every write of its batch, which is not committed: a ticket
+    handed in without waiting would otherwise be lost without anyone knowing."""
+    writer = LedgerWriter(ledger)
+
+    def full(led: Ledger) -> None:
+        raise LedgerError("ledger: database or disk is full")
+
+    with commit_under_way(writer):
+        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        writer.submit(full)
+    with pytest.raises(LedgerError, match="disk is full"):
+        ticket.wait()
+    assert ledger.get(F, "a") is None
+
+
+def test_a_write_someone_waits_for_is_never_committed_by_a_thread_that_does_not(
+    ledger: Ledger,
+) -> None:
+    """The main loop's pending rows (thousands, say) are committed by the main loop, never
+    by an upload slot handing in its ticket meanwhile."""
+    committed_by: list[str] = []
+    writer = LedgerWriter(ledger)
+
+    def rows(led: Ledger) -> None:
+        committed_by.append(threading.current_thread().name)
+        led.add_pending([(F, "a", SIG)])
+
+    # Handed in by the main loop, which is about to wait for it (not yet its turn).
+    main_rows: Pending[None] = Pending(rows, False, writer, waited=True)
+    writer._queue.append(main_rows)
+    slot = writer.submit(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
+    assert not slot.done and not main_rows.done and committed_by == []
+    main = threading.Thread(target=main_rows.wait, name="main-loop")
+    main.start()
+    main.join(10)
+    assert committed_by == ["main-loop"] and slot.done
+
+
+def test_only_a_thread_waiting_for_a_sync_checkpoints(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hottask_sync.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 4)
+    checkpoints: list[str] = []
+    real = ledger.checkpoint
+    monkeypatch.setattr(
+        ledger,
+        "checkpoint",
+        lambda: (checkpoints.append(threading.current_thread().name), real())[1],
+    )
+    writer = LedgerWriter(ledger)
+    with ledger._store.reading() as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(8):  # quick commits of a slot: never a checkpoint
+        writer.submit(lambda led, i=i: led.mark_ticketed(F, f"f{i}", SIG, f"fs-{i}"))
+    assert writer.batches == 8 and checkpoints == []
+    writer.call(lambda led: led.mark_put(F, "f0", "ab" * 32), durable=True)
+    assert checkpoints == [threading.current_thread().name]
