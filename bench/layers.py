@@ -7,8 +7,8 @@ its bench mode (a subprocess: its CPU is not counted), writes N 4 KiB files, and
 them once per layer, the layers interleaved R times; it prints the median CPU per file
 (user + system of this process) and wall time of each:
 
-* ``bare``: C threads sharing one ``httpx.Client``, the three calls per file (the bare
-  httpx loop of row 1);
+* ``bare``: row 1's bare httpx loop (``bench/clients.py``: C threads sharing one
+  ``httpx.Client``, the three calls per file, nothing else);
 * ``client``: the same threads through the project's ``HotTaskClient`` (checked answers,
   the PUT from the open file);
 * ``uploader``: ``Uploader.run`` in C upload slots and ``Uploader.finish`` in 2C report
@@ -26,7 +26,6 @@ between ``writer`` and row 1's daemon is the main loop's share.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import shutil
@@ -45,10 +44,11 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 
+from bench.clients import _in_threads as in_threads  # noqa: E402
+from bench.clients import bare_httpx  # noqa: E402
 from hottask_sync import logs  # noqa: E402
-from hottask_sync.client import PRE_UPLOAD_PATH, REPORT_PATH, HotTaskClient  # noqa: E402
+from hottask_sync.client import HotTaskClient  # noqa: E402
 from hottask_sync.config import FolderConfig  # noqa: E402
 from hottask_sync.files import FileSig  # noqa: E402
 from hottask_sync.jobs import Job, Outcome, Result  # noqa: E402
@@ -58,14 +58,6 @@ from hottask_sync.writer import LedgerWriter, SharedLedger  # noqa: E402
 
 API_KEY = "bench-layers-key"
 LAYERS = ("bare", "client", "uploader", "ledger", "writer")
-
-
-def in_threads(n: int, work: Callable[[], None]) -> None:
-    threads = [threading.Thread(target=work) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 class NoLedger:
@@ -90,49 +82,26 @@ class Layers:
         self.runs = 0
 
     def bare(self) -> None:
-        pre, report = self.base_url + PRE_UPLOAD_PATH, self.base_url + REPORT_PATH
-        headers = {"Authorization": API_KEY, "Content-Type": "application/json"}
-        names = iter(self.names)
-        lock = threading.Lock()
-        with httpx.Client(timeout=60) as client:
-
-            def work() -> None:
-                while True:
-                    with lock:
-                        name = next(names, None)
-                    if name is None:
-                        return
-                    with open(self.folder / name, "rb") as fh:
-                        data = fh.read()
-                    body = json.dumps({"fileName": name}).encode()
-                    answer = client.post(pre, headers=headers, content=body).json()
-                    put = client.put(answer["Data"]["PreUploadUrl"], content=data)
-                    assert put.status_code == 200
-                    body = json.dumps({"fileStoreID": answer["Data"]["FileStoreId"]}).encode()
-                    assert client.post(report, headers=headers, content=body).json()["Data"]
-
-            in_threads(self.c, work)
+        """Row 1's bare httpx loop itself (bench/clients.py), in this process."""
+        spec = {"base_url": self.base_url, "api_key": API_KEY, "folder": str(self.folder)}
+        assert bare_httpx({**spec, "files": self.names, "threads": self.c}) == len(self.names)
 
     def client(self) -> None:
-        names = iter(self.names)
-        lock = threading.Lock()
         with HotTaskClient(self.base_url, API_KEY, max_connections=64) as client:
 
-            def work() -> None:
-                while True:
-                    with lock:
-                        name = next(names, None)
-                    if name is None:
-                        return
-                    fd = os.open(self.folder / name, os.O_RDONLY)
+            def work(next_index: Callable[[], int | None]) -> int:
+                n = 0
+                while (i := next_index()) is not None:
+                    fd = os.open(self.folder / self.names[i], os.O_RDONLY)
                     try:
-                        ticket = client.get_upload_url(name)
+                        ticket = client.get_upload_url(self.names[i])
                         client.put(ticket, fd, os.fstat(fd).st_size)
-                        assert client.report_success(ticket.file_store_id)
+                        n += client.report_success(ticket.file_store_id)
                     finally:
                         os.close(fd)
+                return n
 
-            in_threads(self.c, work)
+            assert in_threads(self.c, len(self.names), work) == len(self.names)
 
     def pipeline(self, layer: str) -> None:
         """The daemon's pool: C upload slots handing off to 2C report threads."""
@@ -151,23 +120,20 @@ class Layers:
                 writer = LedgerWriter(Ledger(path))
                 ledger = SharedLedger(writer, path)
             ledger.add_pending((folder.key, n, s) for n, s in zip(self.names, sigs, strict=True))
-        jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        jobs = [Job(folder, n, settled=s) for n, s in zip(self.names, sigs, strict=True)]
         reports: queue.SimpleQueue[Handoff | None] = queue.SimpleQueue()
         results: list[Result] = []
-        for name, sig in zip(self.names, sigs, strict=True):
-            jobs.put(Job(folder, name, settled=sig))
-        for _ in range(self.c):
-            jobs.put(None)
         with HotTaskClient(self.base_url, API_KEY, max_connections=64) as client:
             uploader = Uploader(client, ledger, max_attempts=5)
 
-            def upload() -> None:
-                while (job := jobs.get()) is not None:
-                    got = uploader.run(job)
+            def upload(next_index: Callable[[], int | None]) -> int:
+                while (i := next_index()) is not None:
+                    got = uploader.run(jobs[i])
                     if isinstance(got, Handoff):
                         reports.put(got)
                     else:
                         results.append(got)
+                return 0
 
             def report() -> None:
                 while (handoff := reports.get()) is not None:
@@ -176,7 +142,7 @@ class Layers:
             reporters = [threading.Thread(target=report) for _ in range(2 * self.c)]
             for t in reporters:
                 t.start()
-            in_threads(self.c, upload)
+            in_threads(self.c, len(jobs), upload)
             for _ in reporters:
                 reports.put(None)
             for t in reporters:
