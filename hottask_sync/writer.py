@@ -143,8 +143,8 @@ class LedgerWriter:
 
     def _lead_quick(self) -> None:
         """Commits the writes queued, unless a commit is under way (its thread takes them
-        or leaves them to the next) or a durable write comes first (its own thread, which
-        waits for it, runs that sync)."""
+        or leaves them to the next) or the first one needs a sync or has a waiter (that
+        waiter commits it, and what follows it)."""
         while self._head_is_quick():
             with self._changed:
                 if self._leading:
