@@ -53,6 +53,7 @@ from hottask_sync.config import FolderConfig  # noqa: E402
 from hottask_sync.files import FileSig  # noqa: E402
 from hottask_sync.jobs import Job, Outcome, Result  # noqa: E402
 from hottask_sync.ledger import Ledger  # noqa: E402
+from hottask_sync.pool import REPORTERS_PER_SLOT  # noqa: E402
 from hottask_sync.uploader import Handoff, Uploader  # noqa: E402
 from hottask_sync.writer import LedgerWriter, SharedLedger  # noqa: E402
 
@@ -139,7 +140,9 @@ class Layers:
                 while (handoff := reports.get()) is not None:
                     results.append(uploader.finish(handoff))
 
-            reporters = [threading.Thread(target=report) for _ in range(2 * self.c)]
+            reporters = [
+                threading.Thread(target=report) for _ in range(REPORTERS_PER_SLOT * self.c)
+            ]
             for t in reporters:
                 t.start()
             in_threads(self.c, len(jobs), upload)

@@ -118,8 +118,8 @@ class WorkerPool:
                     path=s.key[1],
                     stage=s.stage,
                     silent_s=round(s.seconds, 1),
-                    hint="no progress in far longer than the timeouts allow; the watchdog "
-                    "will restart the service",
+                    hint="no progress in far longer than the timeouts allow; no more "
+                    "watchdog pings (with WatchdogSec=, systemd restarts the service)",
                 )
         self._named = {s.key for s in stuck}
         return stuck

@@ -314,8 +314,8 @@ class Runtime:
             log.error(
                 "daemon.thread_died",
                 part=name,
-                hint="a bug stopped part of the pipeline; no more watchdog pings, so "
-                "systemd restarts the service",
+                hint="a bug stopped part of the pipeline; no more watchdog pings (with "
+                "WatchdogSec=, systemd restarts the service)",
             )
         self._dead = dead
         return not dead and not stuck

@@ -9,13 +9,13 @@ While one thread syncs, the writes queued meanwhile wait for the next turn and s
 commit: group commit. A batch holding a ``put`` commits with a full sync, which then covers
 every ``put`` in it; a file is reported only once its ``put`` is durable (see
 :class:`Pending`). A write handed in without waiting never runs a sync in the caller's
-thread: an upload slot never waits for the disk. Reads never wait for writes: they use a
+thread: an upload slot's ticket never waits for the disk (its rare waited writes, an error
+or a file gone, may share a sync). Reads never wait for writes: they use a
 read-only connection of their own (SQLite's WAL lets readers and the writer work at once).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
@@ -27,8 +27,10 @@ from typing import Any, Generic, Protocol, TypeVar
 from .errors import LedgerError
 from .files import FileSig
 from .ledger import Entry, IllegalTransition, Known, Ledger
+from .logs import get_logger
 
 T = TypeVar("T")
+log = get_logger("hottask_sync.writer")
 
 #: At most this many operations share one transaction.
 MAX_BATCH = 256
@@ -66,8 +68,8 @@ class LedgerWriter:
         self._ledger = ledger
         self._queue: deque[Pending[Any]] = deque()
         # _leading: one thread is committing. A waiter sleeps on _changed until its write
-        # is done or nobody leads (then it leads): a write done by another thread's
-        # commit wakes its waiter once, with no hand-over of a lock from waiter to waiter.
+        # is done or nobody leads (then it leads); the end of every turn wakes all the
+        # sleepers, with no hand-over of a lock from waiter to waiter.
         self._changed = threading.Condition(threading.Lock())
         self._leading = False
         self.batches = 0  # commits made (for the bench and tests)
@@ -84,12 +86,12 @@ class LedgerWriter:
         with self._changed:
             while self._leading:
                 if not self._changed.wait(max(0.0, deadline - time.monotonic())):
+                    log.warning("ledger.writes_left", count=len(self._queue))
                     return
             self._leading = True
         try:
             self._drain(durable=True)
-            with contextlib.suppress(LedgerError):  # a smaller WAL for the next start
-                self._ledger.checkpoint()
+            self._checkpoint()  # a smaller WAL for the next start
         finally:
             with self._changed:
                 self._leading = False
@@ -121,21 +123,28 @@ class LedgerWriter:
             if pending.done:
                 return
             self._leading = True
-        self._lead(durable=True, checkpoint=pending.durable)
+        # Only as far as its own write: the writes queued behind it meanwhile have waiters
+        # of their own (awake once this turn ends) or are taken by _lead_quick; a thread
+        # that drained until the queue ran dry could be held committing for others for
+        # as long as the load lasts, its own caller waiting all that time.
+        self._lead(durable=True, until=pending, checkpoint=True)
         # Writes queued while this thread committed, by threads that did not wait.
         self._lead_quick()
 
-    def _lead(self, *, durable: bool, checkpoint: bool = False) -> None:
-        """With ``_leading`` set by this thread: commits, then lets go and wakes every
-        waiter (each returns if its write is done; one of the others commits next)."""
+    def _lead(
+        self, *, durable: bool, until: Pending[Any] | None = None, checkpoint: bool = False
+    ) -> None:
+        """With ``_leading`` set by this thread: commits (see :meth:`_drain`), then lets go
+        and wakes every waiter (each returns if its write is done; one of the others
+        commits next)."""
         try:
-            self._drain(durable=durable)
+            self._drain(durable=durable, until=until)
             if checkpoint and self.batches - self._checkpointed >= CHECKPOINT_EVERY:
                 # The ledger's connection never checkpoints by itself (that would sync in
                 # whichever thread crossed the threshold, an upload slot too): a thread
-                # that waits for a sync anyway copies the WAL back now and then.
+                # that waits for a commit anyway copies the WAL back now and then.
                 self._checkpointed = self.batches
-                self._ledger.checkpoint()
+                self._checkpoint()
         finally:
             with self._changed:
                 self._leading = False
@@ -167,10 +176,19 @@ class LedgerWriter:
             return False
         return not (head.durable or head.waited)
 
-    def _drain(self, *, durable: bool) -> None:
-        """While leading: commits the queued writes in order, in batches; without
-        ``durable``, stops before the first one that needs a sync or has a waiter."""
-        while True:
+    def _checkpoint(self) -> None:
+        """Copies the WAL back into the database. A failure is logged, not raised: every
+        write is committed already (a disk that is really failing fails the next commit)."""
+        try:
+            self._ledger.checkpoint()
+        except LedgerError as exc:
+            log.warning("ledger.checkpoint_failed", error=str(exc))
+
+    def _drain(self, *, durable: bool, until: Pending[Any] | None = None) -> None:
+        """While leading: commits the queued writes in order, in batches, until the queue
+        is empty or ``until`` is committed; without ``durable``, stops before the first one
+        that needs a sync or has a waiter."""
+        while until is None or not until.done:
             batch: list[Pending[Any]] = []
             while self._queue and len(batch) < MAX_BATCH:
                 if not durable and (self._queue[0].durable or self._queue[0].waited):
@@ -201,8 +219,11 @@ class LedgerWriter:
             for p in batch:
                 p.error = exc
         except BaseException as exc:  # a bug: every waiter must still hear of it
+            # and so must every later write (this batch may hold writes nobody waits for,
+            # undone with it): as after a failed commit, the daemon stops.
+            self._broken = LedgerError(f"ledger writer: {exc!r}")
             for p in batch:
-                p.error = p.error or LedgerError(f"ledger writer: {exc!r}")
+                p.error = p.error or self._broken
         self.batches += 1
         for p in batch:
             p.done = True

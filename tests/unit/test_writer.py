@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,12 +136,13 @@ def test_a_write_handed_in_without_waiting_never_runs_a_sync_in_the_callers_thre
 def test_a_refused_write_undoes_only_itself(ledger: Ledger) -> None:
     ledger.mark_ticketed(F, "a", SIG, "fs-a")
     writer = LedgerWriter(ledger)
-    with commit_under_way(writer):  # both go in one batch
-        refused = writer.submit(lambda led: led.mark_reported(F, "a"))  # not put yet: illegal
-        kept = writer.submit(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    # Queued (not committed yet), then a waiter commits it with its own write: one batch.
+    refused: Pending[None] = Pending(lambda led: led.mark_reported(F, "a"), False, writer)
+    writer._queue.append(refused)  # not put yet: illegal
+    writer.call(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    assert writer.batches == 1
     with pytest.raises(IllegalTransition):
         refused.wait()
-    kept.wait()
     assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
 
 
@@ -173,12 +175,14 @@ class FullDisk:
 
 def test_a_commit_that_fails_fails_every_write_of_the_batch(ledger: Ledger) -> None:
     writer = LedgerWriter(FullDisk(ledger))  # type: ignore[arg-type]
-    with commit_under_way(writer):
-        first = writer.submit(lambda led: None)
-        second = writer.submit(lambda led: None, durable=True)
-    for p in (first, second):
-        with pytest.raises(LedgerError, match="disk is full"):
-            p.wait()
+    # Queued (not committed yet), then a waiter commits it with its own write: one batch.
+    first: Pending[None] = Pending(lambda led: None, False, writer)
+    writer._queue.append(first)
+    with pytest.raises(LedgerError, match="disk is full"):
+        writer.call(lambda led: None, durable=True)
+    assert writer.batches == 1
+    with pytest.raises(LedgerError, match="disk is full"):
+        first.wait()
 
 
 def test_after_a_failed_commit_every_later_write_fails_too(ledger: Ledger) -> None:
@@ -215,11 +219,90 @@ def test_shared_ledger_reads_do_not_wait_for_the_writer(ledger: Ledger) -> None:
     ledger.add_pending([(F, "a", SIG)])
     writer = LedgerWriter(ledger)
     shared = SharedLedger(writer, ledger.path)
-    with commit_under_way(writer):  # a batch stuck in a slow sync, say
-        assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
-    shared.mark_pending(F, "a", SIG)  # a write that waits for its commit
-    assert shared.get(F, "a").state is State.PENDING  # type: ignore[union-attr]
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck_commit(led: Ledger) -> None:  # a write transaction left open (a slow sync, say)
+        with led.batch(durable=True):
+            led.mark_ticketed(F, "a", SIG, "fs-a")
+            inside.set()
+            release.wait(10)
+
+    committing = threading.Thread(target=writer.call, args=(stuck_commit,))
+    committing.start()
+    assert inside.wait(10)
+    read: list[object] = []
+    reader = threading.Thread(target=lambda: read.append(shared.get(F, "a")))
+    reader.start()
+    reader.join(5)
+    release.set()
+    committing.join(10)
+    # Read at once, while the write was still open, and without seeing it.
+    assert read and read[0].state is State.PENDING  # type: ignore[attr-defined]
+    assert shared.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
     shared.close()
+
+
+def test_a_waiter_commits_no_further_than_its_own_write(ledger: Ledger) -> None:
+    """Writes queued behind a waiter's own, by other waiters, are theirs to commit: a
+    waiter that drained until the queue ran dry would be held (its caller, a report thread
+    or the main loop, waiting) for as long as others keep writing."""
+    writer = LedgerWriter(ledger)
+    committed_by: dict[str, str] = {}
+
+    def first(led: Ledger) -> None:
+        committed_by["first"] = threading.current_thread().name
+        wait_until(lambda: len(writer._queue) == 1)  # the second write is queued behind
+
+    def second(led: Ledger) -> None:
+        committed_by["second"] = threading.current_thread().name
+
+    a = threading.Thread(target=writer.call, args=(first,), name="first-caller")
+    a.start()
+    wait_until(lambda: "first" in committed_by)
+    b = threading.Thread(target=writer.call, args=(second,), name="second-caller")
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert committed_by == {"first": "first-caller", "second": "second-caller"}
+
+
+def test_a_bug_in_a_batch_breaks_the_writer(ledger: Ledger) -> None:
+    """A write that fails with something other than a refusal undoes its whole batch,
+    writes nobody waits for included: every later write fails too, as after a failed
+    commit (the daemon stops rather than go on unrecorded)."""
+    writer = LedgerWriter(ledger)
+
+    def bug(led: Ledger) -> None:
+        raise RuntimeError("boom")
+
+    with commit_under_way(writer):
+        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        writer.submit(bug)
+    with pytest.raises(LedgerError, match="boom"):
+        ticket.wait()
+    with pytest.raises(LedgerError, match="boom"):
+        writer.call(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
+    assert ledger.get(F, "a") is None and ledger.get(F, "b") is None
+
+
+def test_a_checkpoint_that_fails_fails_no_write(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put was committed before the checkpoint: its caller goes on (and reports)."""
+    import hottask_sync.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 1)
+
+    def failing() -> None:
+        raise LedgerError("ledger: disk I/O error")
+
+    monkeypatch.setattr(ledger, "checkpoint", failing)
+    writer = LedgerWriter(ledger)
+    writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    writer.call(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+    assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+    writer.call(lambda led: led.mark_reported(F, "a"))
+    assert ledger.get(F, "a").state is State.REPORTED  # type: ignore[union-attr]
 
 
 def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
@@ -253,8 +336,8 @@ def test_a_write_handed_in_as_the_turn_ends_is_taken_by_the_thread_ending_it(
     late: list[Pending[None]] = []
 
     class LateArrival(LedgerWriter):
-        def _drain(self, *, durable: bool) -> None:
-            super()._drain(durable=durable)
+        def _drain(self, *, durable: bool, until: Pending[Any] | None = None) -> None:
+            super()._drain(durable=durable, until=until)
             if not late:
                 late.append(
                     Pending(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"), False, self)
@@ -307,7 +390,7 @@ def test_a_write_someone_waits_for_is_never_committed_by_a_thread_that_does_not(
     assert committed_by == ["main-loop"] and slot.done
 
 
-def test_only_a_thread_waiting_for_a_sync_checkpoints(
+def test_only_a_thread_that_waits_for_its_write_checkpoints(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import hottask_sync.writer as writer_module
