@@ -266,25 +266,6 @@ def test_a_waiter_commits_no_further_than_its_own_write(ledger: Ledger) -> None:
     assert committed_by == {"first": "first-caller", "second": "second-caller"}
 
 
-def test_a_bug_in_a_batch_breaks_the_writer(ledger: Ledger) -> None:
-    """A write that fails with something other than a refusal undoes its whole batch,
-    writes nobody waits for included: every later write fails too, as after a failed
-    commit (the daemon stops rather than go on unrecorded)."""
-    writer = LedgerWriter(ledger)
-
-    def bug(led: Ledger) -> None:
-        raise RuntimeError("boom")
-
-    with commit_under_way(writer):
-        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-        writer.submit(bug)
-    with pytest.raises(LedgerError, match="boom"):
-        ticket.wait()
-    with pytest.raises(LedgerError, match="boom"):
-        writer.call(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
-    assert ledger.get(F, "a") is None and ledger.get(F, "b") is None
-
-
 def test_a_checkpoint_that_fails_fails_no_write(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,21 +331,33 @@ def test_a_write_handed_in_as_the_turn_ends_is_taken_by_the_thread_ending_it(
     assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
 
 
-def test_a_storage_error_inside_a_batch_fails_the_whole_batch(ledger: Ledger) -> None:
-    """Only a refused transition is undone alone; a write that cannot be stored (disk full
-    on a statement) fails every write of its batch, which is not committed: a ticket
-    handed in without waiting would otherwise be lost without anyone knowing."""
+@pytest.mark.parametrize(
+    ("error", "match"),
+    [
+        (LedgerError("ledger: database or disk is full"), "disk is full"),  # on a statement
+        (RuntimeError("boom"), "boom"),  # a bug
+    ],
+)
+def test_a_write_that_fails_otherwise_than_refused_fails_its_batch_and_every_later_write(
+    ledger: Ledger, error: Exception, match: str
+) -> None:
+    """Only a refused transition is undone alone; a write that cannot be stored (or a bug)
+    fails every write of its batch, which is not committed (a ticket handed in without
+    waiting would otherwise be lost without anyone knowing), and every later write too, as
+    after a failed commit: the daemon stops rather than go on unrecorded."""
     writer = LedgerWriter(ledger)
 
-    def full(led: Ledger) -> None:
-        raise LedgerError("ledger: database or disk is full")
+    def failing(led: Ledger) -> None:
+        raise error
 
     with commit_under_way(writer):
         ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-        writer.submit(full)
-    with pytest.raises(LedgerError, match="disk is full"):
+        writer.submit(failing)
+    with pytest.raises(LedgerError, match=match):
         ticket.wait()
-    assert ledger.get(F, "a") is None
+    with pytest.raises(LedgerError, match=match):
+        writer.call(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
+    assert ledger.get(F, "a") is None and ledger.get(F, "b") is None
 
 
 def test_a_write_someone_waits_for_is_never_committed_by_a_thread_that_does_not(
