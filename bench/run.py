@@ -1119,10 +1119,9 @@ def row_big(work: Path, size: int, reps: int = 1) -> list[Row]:
         "runs_curl_s": [c["time_total_s"] for c in curls],
     }
     invalid = ""
-    if max(c["emulator_core_use"] for c in curls) >= MAX_EMULATOR_CORE:
+    if (busiest := max(c["emulator_core_use"] for c in curls)) >= MAX_EMULATOR_CORE:
         invalid = (
-            f"the emulator used {max(c['emulator_core_use'] for c in curls):.2f} of a core while curl sent: "
-            "it may have set the pace"
+            f"the emulator used {busiest:.2f} of a core while curl sent: it may have set the pace"
         )
     return [
         Row(

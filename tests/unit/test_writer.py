@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
@@ -279,11 +280,24 @@ def test_a_checkpoint_that_fails_fails_no_write(
 
     monkeypatch.setattr(ledger, "checkpoint", failing)
     writer = LedgerWriter(ledger)
-    writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-    writer.call(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
-    assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
-    writer.call(lambda led: led.mark_reported(F, "a"))
+    with structlog.testing.capture_logs() as logged:
+        writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        writer.call(lambda led: led.mark_put(F, "a", "ab" * 32), durable=True)
+        assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+        writer.call(lambda led: led.mark_reported(F, "a"))
     assert ledger.get(F, "a").state is State.REPORTED  # type: ignore[union-attr]
+    assert [e["event"] for e in logged] == ["ledger.checkpoint_failed"] * 3
+
+
+def test_stop_says_how_many_writes_it_left_when_a_commit_does_not_end_in_time(
+    ledger: Ledger,
+) -> None:
+    writer = LedgerWriter(ledger)
+    with commit_under_way(writer):
+        writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        with structlog.testing.capture_logs() as logged:
+            writer.stop(0.05)
+    assert [(e["event"], e["count"]) for e in logged] == [("ledger.writes_left", 1)]
 
 
 def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
