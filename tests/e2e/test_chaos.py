@@ -123,14 +123,17 @@ def test_chaos_every_file_reported_exactly_once_through_faults_and_kills(
         daemon = start()
     kill_seconds = time.monotonic() - started
 
-    # Still under faults, no more kills: let time work until everything is reported and
-    # moved (measured; typically 20-40 s for 110 files at ~30 % faults with the 1 s base).
+    # Still under faults, no more kills: let time work for a while. Usually everything is
+    # reported and moved within it (10-30 s after the start, measured), but a file that
+    # met six or seven faults in a row waits out a jittered backoff of up to a minute (14
+    # runs: 10-82 s): past the bound, the fault-free restart below finishes the rest, and
+    # every assertion after it holds either way.
     wanted = {os.path.basename(rel) for rel in files}
 
     def all_done() -> bool:
         return wanted <= set(reported_files(emulator)) and not tree(inbox)
 
-    wait_for(all_done, 75.0, fail=False)
+    wait_for(all_done, 20.0, fail=False)
     done_under_faults = all_done()
     chaos_seconds = time.monotonic() - started
     faulted = emulator.calls()["faulted"]
@@ -228,7 +231,7 @@ def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
 ) -> None:
     files = {f"doc{i:02d}.txt": f"document {i}\n".encode() * (i + 1) for i in range(12)}
     daemon, key_file, config = start_with_wrong_key(tmp_path, emulator, daemons, files)
-    window = 15.0
+    window = 6.0
     most = 0
 
     def still_up_and_quiet() -> bool:
@@ -236,7 +239,8 @@ def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
         nonlocal most
         assert daemon.proc.poll() is None, daemon.log_text()
         most = max(most, api_calls(emulator))
-        assert most <= 30, emulator.calls()
+        # Not one call per file (12 here), let alone retries: the circuit holds them all.
+        assert most <= 8, emulator.calls()
         return False
 
     wait_for(still_up_and_quiet, window, interval=0.1, fail=False)
