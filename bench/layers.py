@@ -173,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--port", type=int, default=0, help="the emulator's (0: any free)")
+    parser.add_argument(
+        "--layers",
+        default=",".join(LAYERS),
+        help="comma-separated, in this order (default: all): " + ", ".join(LAYERS),
+    )
     args = parser.parse_args(argv)
+    chosen = [layer for layer in LAYERS if layer in args.layers.split(",")]
+    unknown = set(args.layers.split(",")) - set(LAYERS)
+    if unknown or not chosen:
+        parser.error(f"--layers: unknown {sorted(unknown)}; choose among {', '.join(LAYERS)}")
     logs.configure("json", "info", open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
     work = Path(tempfile.mkdtemp(prefix="hottask-layers-"))
     folder = work / "in"
@@ -189,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         # "HotTask emulator on http://127.0.0.1:PORT — ...": once it is printed, it serves.
         base_url = emu.stdout.readline().split()[3]
         layers = Layers(base_url, folder, names, args.concurrency)
-        runs: dict[str, list[tuple[float, float]]] = {layer: [] for layer in LAYERS}
+        runs: dict[str, list[tuple[float, float]]] = {layer: [] for layer in chosen}
         for _ in range(args.reps):
-            for layer in LAYERS:
+            for layer in chosen:
                 run = getattr(layers, layer, None) or (lambda layer=layer: layers.pipeline(layer))
                 runs[layer].append(measure(run, args.files))
     finally:
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"interleaved runs (CPU of this process only; the emulator is another)"
     )
     previous = None
-    for layer in LAYERS:
+    for layer in chosen:
         cpu = statistics.median(c for c, _ in runs[layer])
         wall = statistics.median(w for _, w in runs[layer])
         step = "" if previous is None else f"  ({cpu - previous:+.2f} ms)"

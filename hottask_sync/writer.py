@@ -17,7 +17,6 @@ read-only connection of their own (SQLite's WAL lets readers and the writer work
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,9 @@ class Pending(Generic[T]):
     done: bool = False
     result: Any = None
     error: BaseException | None = None
+    #: Held while the thread waiting for this write sleeps; released by the committing
+    #: thread once the write is done, or to hand that thread the turn.
+    wake: threading.Lock | None = field(default=None, repr=False)
 
     def wait(self) -> T:
         self.writer.wait_for(self)
@@ -67,11 +69,14 @@ class LedgerWriter:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._queue: deque[Pending[Any]] = deque()
-        # _leading: one thread is committing. A waiter sleeps on _changed until its write
-        # is done or nobody leads (then it leads); the end of every turn wakes all the
-        # sleepers, with no hand-over of a lock from waiter to waiter.
-        self._changed = threading.Condition(threading.Lock())
+        # _leading: one thread is committing. A waiter that finds the turn taken sleeps on
+        # its write's own lock (in _sleepers); the end of a turn wakes only the waiters whose
+        # writes it committed, and hands the turn to one other sleeper, if any: no waiter
+        # wakes just to find that its write is still not done (a notify_all per commit
+        # woke every report thread each time, most of them for nothing).
+        self._mutex = threading.Lock()
         self._leading = False
+        self._sleepers: list[Pending[Any]] = []
         self.batches = 0  # commits made (for the bench and tests)
         self._checkpointed = 0  # self.batches at the last checkpoint
         ledger.stop_autocheckpoint()
@@ -82,20 +87,17 @@ class LedgerWriter:
     def stop(self, timeout: float) -> None:
         """Commits what was handed in and not yet committed (waiting at most ``timeout``
         seconds for a commit under way)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._leading:
-                if not self._changed.wait(max(0.0, deadline - time.monotonic())):
-                    log.warning("ledger.writes_left", count=len(self._queue))
-                    return
-            self._leading = True
+        # A turn of its own, as a waiter without a write (never done, so it is handed the
+        # turn): it then commits everything queued.
+        turn: Pending[None] = Pending(lambda led: None, True, self, waited=True)
+        if not self._take_turn(turn, timeout):
+            log.warning("ledger.writes_left", count=len(self._queue))
+            return
         try:
             self._drain(durable=True)
             self._checkpoint()  # a smaller WAL for the next start
         finally:
-            with self._changed:
-                self._leading = False
-                self._changed.notify_all()
+            self._end_turn()
 
     def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
         """Hands a write over without waiting for a sync: it is committed now, in this
@@ -117,26 +119,56 @@ class LedgerWriter:
     def wait_for(self, pending: Pending[Any]) -> None:
         """Returns once ``pending`` is committed (or refused): committing everything queued
         itself when no other thread is committing by then."""
-        with self._changed:
-            while not pending.done and self._leading:
-                self._changed.wait()
-            if pending.done:
-                return
-            self._leading = True
+        if not self._take_turn(pending):
+            return
         # Only as far as its own write: the writes queued behind it meanwhile have waiters
-        # of their own (awake once this turn ends) or are taken by _lead_quick; a thread
-        # that drained until the queue ran dry could be held committing for others for
-        # as long as the load lasts, its own caller waiting all that time.
+        # of their own (one of them is handed the next turn) or are taken by _lead_quick;
+        # a thread that drained until the queue ran dry could be held committing for
+        # others for as long as the load lasts, its own caller waiting all that time.
         self._lead(durable=True, until=pending, checkpoint=True)
         # Writes queued while this thread committed, by threads that did not wait.
         self._lead_quick()
 
+    def _take_turn(self, pending: Pending[Any], timeout: float | None = None) -> bool:
+        """Returns True once this thread leads (the turn was free, or handed to it), False
+        once ``pending`` is done (committed by another thread) or ``timeout`` passed."""
+        with self._mutex:
+            if pending.done:
+                return False
+            if not self._leading:
+                self._leading = True
+                return True
+            wake = pending.wake = threading.Lock()
+            wake.acquire()
+            self._sleepers.append(pending)
+        if not wake.acquire(timeout=-1 if timeout is None else timeout):
+            with self._mutex:
+                if pending in self._sleepers:  # still asleep: give up
+                    self._sleepers.remove(pending)
+                    return False
+            wake.acquire()  # woken as the time ran out: by now released
+        return not pending.done
+
+    def _end_turn(self) -> None:
+        """Lets go of the turn: wakes the sleepers whose writes are done, and hands the turn
+        to the one that slept last among the others (its first batch takes every write
+        queued by then, theirs too, up to MAX_BATCH)."""
+        with self._mutex:
+            woken = [p for p in self._sleepers if p.done]
+            self._sleepers = [p for p in self._sleepers if not p.done]
+            if self._sleepers:
+                woken.append(self._sleepers.pop())  # _leading stays set: handed over
+            else:
+                self._leading = False
+        for p in woken:
+            assert p.wake is not None
+            p.wake.release()
+
     def _lead(
         self, *, durable: bool, until: Pending[Any] | None = None, checkpoint: bool = False
     ) -> None:
-        """With ``_leading`` set by this thread: commits (see :meth:`_drain`), then lets go
-        and wakes every waiter (each returns if its write is done; one of the others
-        commits next)."""
+        """With the turn taken by this thread: commits (see :meth:`_drain`), then ends the
+        turn (see :meth:`_end_turn`)."""
         try:
             self._drain(durable=durable, until=until)
             if checkpoint and self.batches - self._checkpointed >= CHECKPOINT_EVERY:
@@ -146,16 +178,14 @@ class LedgerWriter:
                 self._checkpointed = self.batches
                 self._checkpoint()
         finally:
-            with self._changed:
-                self._leading = False
-                self._changed.notify_all()
+            self._end_turn()
 
     def _lead_quick(self) -> None:
         """Commits the writes queued, unless a commit is under way (its thread takes them
         or leaves them to the next) or the first one needs a sync or has a waiter (that
         waiter commits it, and what follows it)."""
         while self._head_is_quick():
-            with self._changed:
+            with self._mutex:
                 if self._leading:
                     return
                 self._leading = True

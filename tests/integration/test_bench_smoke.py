@@ -66,6 +66,37 @@ def test_layers_measures_every_layer() -> None:
     assert all(float(line.split()[1]) > 0 for line in lines)
 
 
+def test_layers_runs_only_the_layers_asked_for_and_refuses_an_unknown_one() -> None:
+    layers = Path(bench.__file__).with_name("layers.py")
+    command = [sys.executable, str(layers), "--files", "8", "--reps", "1"]
+    done = subprocess.run(
+        [*command, "--layers", "writer,bare"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == ["bare", "writer"]
+    refused = subprocess.run(
+        [*command, "--layers", "bare,nope"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "--layers: unknown ['nope']" in refused.stderr
+
+
+def test_writer_bench_measures_both_ways_of_writing_the_ledger() -> None:
+    writer = Path(bench.__file__).with_name("writer.py")
+    done = subprocess.run(
+        [sys.executable, str(writer), "--files", "40", "--reps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    assert list(rows) == ["inline", "writer"]
+    # Each write its own commit inline (ticket, put, report); the writer shares commits.
+    assert float(rows["inline"][4]) == 3.0
+    assert 0 < float(rows["writer"][4]) <= 3.0
+    assert all(float(row[1]) > 0 for row in rows.values())
+
+
 def test_latency_row_measures_each_file(tmp_path: Path) -> None:
     (row,) = bench.row_latency(tmp_path, samples=2)
     assert row.row == "3"

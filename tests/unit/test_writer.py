@@ -418,3 +418,47 @@ def test_only_a_thread_that_waits_for_its_write_checkpoints(
     assert writer.batches == 8 and checkpoints == []
     writer.call(lambda led: led.mark_put(F, "f0", "ab" * 32), durable=True)
     assert checkpoints == [threading.current_thread().name]
+
+
+def test_stop_waits_for_a_commit_under_way_then_commits_what_was_queued_behind_it(
+    ledger: Ledger,
+) -> None:
+    """The turn ending is handed to stop(), which commits the writes handed in meanwhile
+    (and nothing of its own: the queue is empty after it)."""
+    writer = LedgerWriter(ledger)
+    stopped = threading.Thread(target=writer.stop, args=(10,))
+    with commit_under_way(writer):
+        writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        stopped.start()
+        wait_until(lambda: len(writer._sleepers) == 1)  # stop() asleep behind the commit
+    stopped.join(10)
+    assert not stopped.is_alive()
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+    assert not writer._queue and not writer._sleepers and not writer._leading
+
+
+def test_waiters_asleep_behind_a_commit_are_woken_with_their_writes_done_by_one_turn(
+    ledger: Ledger,
+) -> None:
+    """The end of a turn hands the next one to a single sleeper: its first batch commits
+    every sleeper's write, and the others wake with theirs done, committing nothing."""
+    for i in range(3):
+        ledger.mark_ticketed(F, f"f{i}", SIG, f"fs-{i}")
+    writer = LedgerWriter(ledger)
+    committed_by: list[str] = []
+
+    def put(i: int) -> None:
+        def fn(led: Ledger) -> None:
+            committed_by.append(threading.current_thread().name)
+            led.mark_put(F, f"f{i}", "ab" * 32)
+
+        writer.call(fn, durable=True)
+
+    with commit_under_way(writer):
+        waiting = in_threads(3, put)
+        wait_until(lambda: len(writer._sleepers) == 3)
+    for t in waiting:
+        t.join(10)
+    assert writer.batches == 2  # the slow one, then the three together
+    assert len(set(committed_by)) == 1 and len(committed_by) == 3
+    assert not writer._sleepers and not writer._leading
