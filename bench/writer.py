@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.clients import _in_threads as in_threads  # noqa: E402
 from hottask_sync import logs  # noqa: E402
 from hottask_sync.files import FileSig  # noqa: E402
 from hottask_sync.ledger import Ledger  # noqa: E402
@@ -59,20 +61,16 @@ def run(way: str, work: Path, n: int, concurrency: int) -> tuple[float, float, f
     base._store.conn.set_trace_callback(  # type: ignore[union-attr]
         lambda sql: commits.__setitem__(0, commits[0] + (sql == "COMMIT"))
     )
-    todo = iter(names)
-    take = threading.Lock()
     reports: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
-    def slot() -> None:
-        while True:
-            with take:
-                name = next(todo, None)
-            if name is None:
-                return
+    def slot(next_index: Callable[[], int | None]) -> int:
+        while (i := next_index()) is not None:
+            name = names[i]
             ledger.get(FOLDER, name)
             ledger.mark_ticketed(FOLDER, name, SIG, f"fs-{name}")
             time.sleep(0.0005)  # the PUT
             reports.put(name)
+        return 0
 
     def reporter() -> None:
         while (name := reports.get()) is not None:
@@ -84,12 +82,10 @@ def run(way: str, work: Path, n: int, concurrency: int) -> tuple[float, float, f
                 ledger.mark_reported(FOLDER, name)
 
     usage0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
-    slots = [threading.Thread(target=slot) for _ in range(concurrency)]
     reporters = [threading.Thread(target=reporter) for _ in range(REPORTERS_PER_SLOT * concurrency)]
-    for t in slots + reporters:
+    for t in reporters:
         t.start()
-    for t in slots:
-        t.join()
+    in_threads(concurrency, n, slot)
     for _ in reporters:
         reports.put(None)
     for t in reporters:

@@ -34,6 +34,14 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _bench_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs bench/``name`` with ``args``; returns what it did."""
+    script = Path(bench.__file__).with_name(name)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120
+    )
+
+
 # --- the rows ------------------------------------------------------------------------------
 
 
@@ -53,13 +61,7 @@ def test_throughput_row_measures_the_daemon_and_every_reference(tmp_path: Path) 
 
 
 def test_layers_measures_every_layer() -> None:
-    layers = Path(bench.__file__).with_name("layers.py")
-    done = subprocess.run(
-        [sys.executable, str(layers), "--files", "16", "--reps", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _bench_script("layers.py", "--files", "16", "--reps", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == ["bare", "client", "uploader", "ledger", "writer"]
@@ -67,27 +69,16 @@ def test_layers_measures_every_layer() -> None:
 
 
 def test_layers_runs_only_the_layers_asked_for_and_refuses_an_unknown_one() -> None:
-    layers = Path(bench.__file__).with_name("layers.py")
-    command = [sys.executable, str(layers), "--files", "8", "--reps", "1"]
-    done = subprocess.run(
-        [*command, "--layers", "writer,bare"], capture_output=True, text=True, timeout=120
-    )
+    args = ("--files", "8", "--reps", "1")
+    done = _bench_script("layers.py", *args, "--layers", "writer,bare")
     assert done.returncode == 0, done.stderr[-2000:]
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == ["bare", "writer"]
-    refused = subprocess.run(
-        [*command, "--layers", "bare,nope"], capture_output=True, text=True, timeout=120
-    )
+    refused = _bench_script("layers.py", *args, "--layers", "bare,nope")
     assert refused.returncode == 2 and "--layers: unknown ['nope']" in refused.stderr
 
 
 def test_writer_bench_measures_both_ways_of_writing_the_ledger() -> None:
-    writer = Path(bench.__file__).with_name("writer.py")
-    done = subprocess.run(
-        [sys.executable, str(writer), "--files", "40", "--reps", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _bench_script("writer.py", "--files", "40", "--reps", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
     assert list(rows) == ["inline", "writer"]
