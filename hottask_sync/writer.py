@@ -6,7 +6,8 @@ write, the largest cost of a file on a fast disk). They queue their transitions;
 finds no commit under way takes the turn and commits every write queued, in order, in one
 transaction (each a savepoint of its own, so one refused transition undoes only itself).
 While one thread syncs, the writes queued meanwhile wait for the next turn and share its
-commit: group commit. A batch holding a ``put`` commits with a full sync, which then covers
+commit: group commit. A turn that ends hands the next one to the thread that has waited
+longest, and wakes only the threads whose writes it committed. A batch holding a ``put`` commits with a full sync, which then covers
 every ``put`` in it; a file is reported only once its ``put`` is durable (see
 :class:`Pending`). A write handed in without waiting never runs a sync in the caller's
 thread: an upload slot's ticket never waits for the disk (its rare waited writes, an error
@@ -51,9 +52,6 @@ class Pending(Generic[T]):
     done: bool = False
     result: Any = None
     error: BaseException | None = None
-    #: Held while the thread waiting for this write sleeps; released by the committing
-    #: thread once the write is done, or to hand that thread the turn.
-    wake: threading.Lock | None = field(default=None, repr=False)
 
     def wait(self) -> T:
         self.writer.wait_for(self)
@@ -70,13 +68,14 @@ class LedgerWriter:
         self._ledger = ledger
         self._queue: deque[Pending[Any]] = deque()
         # _leading: one thread is committing. A waiter that finds the turn taken sleeps on
-        # its write's own lock (in _sleepers); the end of a turn wakes only the waiters whose
-        # writes it committed, and hands the turn to one other sleeper, if any: no waiter
-        # wakes just to find that its write is still not done (a notify_all per commit
-        # woke every report thread each time, most of them for nothing).
+        # a lock of its own, held for it (in _sleepers, in the order they came); the end of
+        # a turn wakes only the waiters whose writes it committed, and hands the turn to
+        # the first of the others, if any: no waiter wakes just to find that its write is
+        # still not done (a notify_all per commit woke every report thread each time, most
+        # of them for nothing).
         self._mutex = threading.Lock()
         self._leading = False
-        self._sleepers: list[Pending[Any]] = []
+        self._sleepers: list[tuple[Pending[Any], threading.Lock]] = []
         self.batches = 0  # commits made (for the bench and tests)
         self._checkpointed = 0  # self.batches at the last checkpoint
         ledger.stop_autocheckpoint()
@@ -86,11 +85,12 @@ class LedgerWriter:
 
     def stop(self, timeout: float) -> None:
         """Commits what was handed in and not yet committed (waiting at most ``timeout``
-        seconds for a commit under way)."""
-        # A turn of its own, as a waiter without a write (never done, so it is handed the
-        # turn): it then commits everything queued.
+        seconds for its turn: the turns of the threads that were waiting before it, and
+        the one under way)."""
+        # A turn of its own, as a waiter whose write (never queued) is never done: when its
+        # turn comes, it commits everything queued.
         turn: Pending[None] = Pending(lambda led: None, True, self, waited=True)
-        if not self._take_turn(turn, timeout):
+        if not self._take_turn(turn, max(0.0, timeout)):
             log.warning("ledger.writes_left", count=len(self._queue))
             return
         try:
@@ -117,8 +117,8 @@ class LedgerWriter:
         return pending.wait()
 
     def wait_for(self, pending: Pending[Any]) -> None:
-        """Returns once ``pending`` is committed (or refused): committing everything queued
-        itself when no other thread is committing by then."""
+        """Returns once ``pending`` is committed (or refused): committing it itself, with
+        the writes queued before it, when the turn is free or handed to this thread."""
         if not self._take_turn(pending):
             return
         # Only as far as its own write: the writes queued behind it meanwhile have waiters
@@ -138,31 +138,43 @@ class LedgerWriter:
             if not self._leading:
                 self._leading = True
                 return True
-            wake = pending.wake = threading.Lock()
+            wake = threading.Lock()
             wake.acquire()
-            self._sleepers.append(pending)
-        if not wake.acquire(timeout=-1 if timeout is None else timeout):
-            with self._mutex:
-                if pending in self._sleepers:  # still asleep: give up
-                    self._sleepers.remove(pending)
-                    return False
-            wake.acquire()  # woken as the time ran out: by now released
+            sleeper = (pending, wake)
+            self._sleepers.append(sleeper)
+        try:
+            woken = wake.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:  # interrupted (KeyboardInterrupt, say): never left behind
+            if self._woken(sleeper) and not pending.done:
+                self._end_turn()  # the turn was handed to it: passed on, or nobody ends it
+            raise
+        if not woken and not self._woken(sleeper):
+            return False  # the time ran out
         return not pending.done
+
+    def _woken(self, sleeper: tuple[Pending[Any], threading.Lock]) -> bool:
+        """For a sleeper that stops waiting before it was seen to wake: True if a turn's
+        end woke it meanwhile (its write done, or the turn handed to it), else False, and
+        it is no longer a sleeper."""
+        with self._mutex:
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
+                return False
+        return True
 
     def _end_turn(self) -> None:
         """Lets go of the turn: wakes the sleepers whose writes are done, and hands the turn
-        to the one that slept last among the others (its first batch takes every write
-        queued by then, theirs too, up to MAX_BATCH)."""
+        to the one that has waited longest among the others (its first batch takes every
+        write queued by then, theirs too, up to MAX_BATCH)."""
         with self._mutex:
-            woken = [p for p in self._sleepers if p.done]
-            self._sleepers = [p for p in self._sleepers if not p.done]
+            woken = [s for s in self._sleepers if s[0].done]
+            self._sleepers = [s for s in self._sleepers if not s[0].done]
             if self._sleepers:
-                woken.append(self._sleepers.pop())  # _leading stays set: handed over
+                woken.append(self._sleepers.pop(0))  # _leading stays set: handed over
             else:
                 self._leading = False
-        for p in woken:
-            assert p.wake is not None
-            p.wake.release()
+        for _, wake in woken:
+            wake.release()
 
     def _lead(
         self, *, durable: bool, until: Pending[Any] | None = None, checkpoint: bool = False

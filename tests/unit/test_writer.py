@@ -462,3 +462,115 @@ def test_waiters_asleep_behind_a_commit_are_woken_with_their_writes_done_by_one_
     assert writer.batches == 2  # the slow one, then the three together
     assert len(set(committed_by)) == 1 and len(committed_by) == 3
     assert not writer._sleepers and not writer._leading
+
+
+def test_stop_with_a_timeout_below_zero_gives_up_at_once_and_breaks_nothing(
+    ledger: Ledger,
+) -> None:
+    writer = LedgerWriter(ledger)
+    with commit_under_way(writer):
+        writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        with structlog.testing.capture_logs() as logged:
+            writer.stop(-1)  # returns at once (-1 must not mean "no timeout")
+    assert [e["event"] for e in logged] == ["ledger.writes_left"]
+    done = threading.Thread(target=writer.call, args=(lambda led: None,))
+    done.start()
+    done.join(10)
+    assert not done.is_alive()  # not left leading by the stop that gave up
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+
+
+def test_stop_is_handed_the_turn_before_waiters_that_came_after_it(ledger: Ledger) -> None:
+    """Turns go to sleepers in the order they came: under a steady stream of waiters, a
+    stop() that came earlier is never passed over until its time runs out."""
+    writer = LedgerWriter(ledger)
+    committed_by: dict[str, str] = {}
+
+    def later(led: Ledger) -> None:
+        committed_by["later"] = threading.current_thread().name
+
+    stopper = threading.Thread(target=writer.stop, args=(10,), name="stopper")
+    waiter = threading.Thread(target=writer.call, args=(later,), name="waiter")
+    with commit_under_way(writer):
+        stopper.start()
+        wait_until(lambda: len(writer._sleepers) == 1)
+        waiter.start()
+        wait_until(lambda: len(writer._sleepers) == 2)
+    stopper.join(10)
+    waiter.join(10)
+    assert committed_by == {"later": "stopper"}
+
+
+class InterruptedOnWaking:
+    """threading for the writer module: a lock made by the thread named ``interrupted``
+    raises KeyboardInterrupt as that thread wakes from it (a signal handler's exception
+    arriving just then), after the wake-up was given."""
+
+    def __init__(self) -> None:
+        self.real = threading
+
+    def Lock(self) -> object:
+        lock = self.real.Lock()
+        if self.real.current_thread().name != "interrupted":
+            return lock
+
+        class Interrupted:
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                got = lock.acquire(blocking, timeout)
+                if timeout != -1 or not blocking or getattr(self, "armed", False):
+                    raise KeyboardInterrupt
+                self.armed = True  # the next acquire is the sleep
+                return got
+
+            def release(self) -> None:
+                lock.release()
+
+        return Interrupted()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def test_a_waiter_interrupted_as_it_is_handed_the_turn_passes_it_on(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody else would end a turn handed to a thread that is gone: every later write
+    would wait forever."""
+    import hottask_sync.writer as writer_module
+
+    writer = LedgerWriter(ledger)
+    monkeypatch.setattr(writer_module, "threading", InterruptedOnWaking())
+    raised: list[BaseException] = []
+
+    def interrupted() -> None:
+        try:
+            writer.call(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        except KeyboardInterrupt as exc:
+            raised.append(exc)
+
+    first = threading.Thread(target=interrupted, name="interrupted")
+    with commit_under_way(writer):
+        first.start()
+        wait_until(lambda: len(writer._sleepers) == 1)
+    first.join(10)
+    assert raised
+    later = threading.Thread(
+        target=writer.call, args=(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"),)
+    )
+    later.start()
+    later.join(10)
+    assert not later.is_alive()  # the turn was not left with the interrupted thread
+    assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
+    assert not writer._leading and not writer._sleepers
+
+
+def test_two_threads_waiting_for_one_write_both_return(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger)
+    with commit_under_way(writer):
+        pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        waiters = in_threads(2, lambda i: pending.wait())
+        wait_until(lambda: len(writer._sleepers) == 2)
+    for t in waiters:
+        t.join(10)
+    assert not any(t.is_alive() for t in waiters)
+    assert not writer._leading and not writer._sleepers
