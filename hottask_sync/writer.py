@@ -9,10 +9,11 @@ While one thread syncs, the writes queued meanwhile wait for the next turn and s
 commit: group commit. A turn that ends hands the next one to the thread that has waited
 longest, and wakes only the threads whose writes it committed. A batch holding a ``put``
 commits with a full sync, which then covers every ``put`` in it; a file is reported only
-once its ``put`` is durable (see :class:`Pending`). A write handed in without waiting never runs a sync in the caller's
-thread: an upload slot's ticket never waits for the disk (its rare waited writes, an error
-or a file gone, may share a sync). Reads never wait for writes: they use a
-read-only connection of their own (SQLite's WAL lets readers and the writer work at once).
+once its ``put`` is durable (see :class:`Pending`). A write handed in without waiting
+never runs a sync in the caller's thread: an upload slot's ticket never waits for the disk
+(its rare waited writes, an error or a file gone, may share a sync). Reads never wait for
+writes: they use a read-only connection of their own (SQLite's WAL lets readers and the
+writer work at once).
 """
 
 from __future__ import annotations
