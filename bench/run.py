@@ -672,6 +672,8 @@ def run_client(
     who = client_name(mode, threads)
     extra = {
         "exit_s": round(exited, 3),
+        # Every thread's, ended ones too (the kernel sums them into the process's usage).
+        "switches_per_file": round((usage.ru_nvcsw + usage.ru_nivcsw) / n, 1),
         "other_processes_cpu_s": round(max(0.0, busy - cpu - emu_cpu), 2),
         "speed_probe_s": probe,
     }
@@ -711,6 +713,7 @@ def run_daemon_batch(
     try:
         t_done = emu.wait_reports(base + n, 120, d.alive, tick, 0.05)
         cpu = d.cpu()
+        switches = proc_wakeups(d.pid)  # its threads are all still alive
         wall = t_done - d.t0
         emu_cpu = time.process_time() - cpu0
         busy = system_busy() - busy0
@@ -725,6 +728,7 @@ def run_daemon_batch(
         "peak_rss_mib": round(mem.get("VmHWM", 0) / MIB, 1),
         "problems": d.problems(),
         "log_lines_per_file": round(sum(d.counts.values()) / n, 2),
+        "switches_per_file": round(switches / n, 1),
         "other_processes_cpu_s": round(max(0.0, busy - cpu - emu_cpu), 2),
         "speed_probe_s": probe,
     }
@@ -850,6 +854,9 @@ def row_throughput(work: Path, n_files: int, reps: int = 1) -> list[Row]:
     files = make_files(folder, n_files, 4096, age=60)
     runs = throughput_runs(work, folder, files, reps)
     cpu = {who: statistics.median(r.cpu_ms_per_file for r in rs) for who, rs in runs.items()}
+    switches = {
+        who: statistics.median(r.extra["switches_per_file"] for r in rs) for who, rs in runs.items()
+    }
     med = {who: median_run(rs) for who, rs in runs.items()}
     daemon, naive, httpx = med["daemon"], med["naive"], med["httpx"]
     lean = min(med["lean_1"], med["lean_4"], key=lambda r: r.wall)
@@ -877,7 +884,8 @@ def row_throughput(work: Path, n_files: int, reps: int = 1) -> list[Row]:
             "x",
             "<= 1.2x",
             cpu_ratio <= 1.2,
-            f"daemon {cpu['daemon']:.2f} ms, httpx loop {cpu['httpx']:.2f} ms",
+            f"daemon {cpu['daemon']:.2f} ms, httpx loop {cpu['httpx']:.2f} ms; context "
+            f"switches per file {switches['daemon']:.0f} vs {switches['httpx']:.0f}",
         ),
         Row(
             "1c",

@@ -57,7 +57,9 @@ def test_throughput_row_measures_the_daemon_and_every_reference(tmp_path: Path) 
         assert check.details[who]["files"] == 20
         assert _number(check.details[who]["wall_s"])
         assert _number(check.details[who]["cpu_s"])
+        assert _number(check.details[who]["switches_per_file"])
     assert check.details["daemon"]["who"] == f"daemon (concurrency {bench.CONCURRENCY})"
+    assert "context switches per file" in rows[2].note
 
 
 def test_layers_measures_every_layer() -> None:
