@@ -289,15 +289,23 @@ def test_a_checkpoint_that_fails_fails_no_write(
     assert [e["event"] for e in logged] == ["ledger.checkpoint_failed"] * 3
 
 
+@pytest.mark.parametrize("timeout", [0.05, -1], ids=["short", "below-zero"])
 def test_stop_says_how_many_writes_it_left_when_a_commit_does_not_end_in_time(
-    ledger: Ledger,
+    ledger: Ledger, timeout: float
 ) -> None:
+    """Below zero is no time at all (not "no timeout"), and giving up breaks nothing: the
+    writer is not left leading, and the write is committed by the next turn."""
     writer = LedgerWriter(ledger)
     with commit_under_way(writer):
         writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
         with structlog.testing.capture_logs() as logged:
-            writer.stop(0.05)
+            writer.stop(timeout)
     assert [(e["event"], e["count"]) for e in logged] == [("ledger.writes_left", 1)]
+    later = threading.Thread(target=writer.call, args=(lambda led: None,))
+    later.start()
+    later.join(10)
+    assert not later.is_alive()
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
 
 
 def test_a_put_after_a_refused_ticket_is_refused_too(ledger: Ledger) -> None:
@@ -462,22 +470,6 @@ def test_waiters_asleep_behind_a_commit_are_woken_with_their_writes_done_by_one_
     assert writer.batches == 2  # the slow one, then the three together
     assert len(set(committed_by)) == 1 and len(committed_by) == 3
     assert not writer._sleepers and not writer._leading
-
-
-def test_stop_with_a_timeout_below_zero_gives_up_at_once_and_breaks_nothing(
-    ledger: Ledger,
-) -> None:
-    writer = LedgerWriter(ledger)
-    with commit_under_way(writer):
-        writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-        with structlog.testing.capture_logs() as logged:
-            writer.stop(-1)  # returns at once (-1 must not mean "no timeout")
-    assert [e["event"] for e in logged] == ["ledger.writes_left"]
-    done = threading.Thread(target=writer.call, args=(lambda led: None,))
-    done.start()
-    done.join(10)
-    assert not done.is_alive()  # not left leading by the stop that gave up
-    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
 
 
 def test_stop_is_handed_the_turn_before_waiters_that_came_after_it(ledger: Ledger) -> None:
