@@ -10,15 +10,18 @@ commit: group commit. A turn that ends hands the next one to the thread that has
 longest, and wakes only the threads whose writes it committed. A batch holding a ``put``
 commits with a full sync, which then covers every ``put`` in it; a file is reported only
 once its ``put`` is durable (see :class:`Pending`). A write handed in without waiting
-never runs a sync in the caller's thread: an upload slot's ticket never waits for the disk
-(its rare waited writes, an error or a file gone, may share a sync). Reads never wait for
-writes: they use a read-only connection of their own (SQLite's WAL lets readers and the
-writer work at once).
+never runs a sync in the caller's thread. On a slow disk it never waits for one either: an
+upload slot's ticket is left to the next commit (its rare waited writes, an error or a file
+gone, may share a sync). On a quick disk (judged by the synced commits made) it is committed
+at once in the caller's thread, after at most the commit under way: cheaper than handing it
+over. Reads never wait for writes: they use a read-only connection of their own (SQLite's
+WAL lets readers and the writer work at once).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,11 @@ log = get_logger("hottask_sync.writer")
 MAX_BATCH = 256
 #: The WAL is copied back into the database after about this many commits.
 CHECKPOINT_EVERY = 256
+#: A synced commit that took less than this is a quick disk's (an SSD: 0.1-3 ms); slow media
+#: (an SD card, a busy NAS, a cloud volume) take 10-30 ms.
+QUICK_SYNC_SECONDS = 0.005
+#: ... judged by the quickest of this many last synced commits.
+SYNC_WINDOW = 16
 
 
 @dataclass(eq=False)
@@ -65,8 +73,14 @@ class LedgerWriter:
     """Commits the writes handed in, in the order handed in, in as few commits as the disk
     allows (see the module's docstring). Thread-safe."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
+        self._clock = clock
+        # Whether synced commits are quick (see submit): the shortest of the last few, as
+        # the time of one also holds the waits of its thread for the GIL, which only add.
+        # Until one is measured, the disk is taken for a slow one.
+        self._quick_syncs = False
+        self._sync_times: deque[float] = deque(maxlen=SYNC_WINDOW)
         self._queue: deque[Pending[Any]] = deque()
         # _leading: one thread is committing. A waiter that finds the turn taken sleeps on
         # a lock of its own, held for it (in _sleepers, in the order they came); the end of
@@ -101,15 +115,39 @@ class LedgerWriter:
             self._end_turn()
 
     def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
-        """Hands a write over without waiting for a sync: it is committed now, in this
-        thread, when no commit is under way and no write that another thread waits for
-        (or that needs a sync) is queued before it; otherwise by the next thread to commit.
+        """Hands a write over without waiting for a sync. While the disk syncs quickly, it
+        is committed now, in this thread, as its own transaction (after the commit under
+        way, if any: never more than a quick one's wait). On a slow disk it is committed
+        now when no commit is under way and no write that another thread waits for (or
+        that needs a sync) is queued before it; otherwise by the next thread to commit.
         A ``durable`` write handed in this way is committed by the next waiting one: wait
         for it (:meth:`Pending.wait`)."""
         pending: Pending[T] = Pending(fn, durable, self)
+        if self._quick_syncs and not durable:
+            # Queued, it would be committed by a thread waiting for its own turn, and the
+            # hand-over costs more than this short wait (bench/layers.py: 0.6 ms of CPU
+            # per file, a sixth of the bare httpx loop's). On a slow disk the wait could be
+            # a sync's 20 ms in an upload slot: queued instead, as below.
+            self._commit_inline(pending)
+            return pending
         self._queue.append(pending)
         self._lead_quick()
         return pending
+
+    def _commit_inline(self, p: Pending[Any]) -> None:
+        """Commits one write that needs no sync in this thread, as its own transaction."""
+        if self._broken is None:
+            try:
+                p.result = p.fn(self._ledger)
+            except IllegalTransition as exc:  # refused: nothing else to undo
+                p.error = exc
+            except LedgerError as exc:  # as after a failed turn's commit: the daemon stops
+                self._broken = p.error = exc
+            with self._mutex:
+                self.batches += 1
+        else:
+            p.error = self._broken
+        p.done = True
 
     def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
         """Hands a write over and waits until it is committed; returns its result."""
@@ -247,11 +285,13 @@ class LedgerWriter:
                 p.error = self._broken
                 p.done = True
             return
+        durable = any(p.durable for p in batch)
+        started = self._clock() if durable else 0.0
         try:
             if len(batch) == 1:
                 self._commit_one(batch[0])
             else:
-                with self._ledger.batch(durable=any(p.durable for p in batch)):
+                with self._ledger.batch(durable=durable):
                     for p in batch:
                         try:
                             p.result = p.fn(self._ledger)
@@ -267,7 +307,11 @@ class LedgerWriter:
             self._broken = LedgerError(f"ledger writer: {exc!r}")
             for p in batch:
                 p.error = p.error or self._broken
-        self.batches += 1
+        with self._mutex:
+            if durable:
+                self._sync_times.append(self._clock() - started)
+                self._quick_syncs = min(self._sync_times) < QUICK_SYNC_SECONDS
+            self.batches += 1
         for p in batch:
             p.done = True
 

@@ -118,6 +118,93 @@ def test_a_write_handed_in_during_a_commit_is_never_left_behind(ledger: Ledger) 
     assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
 
 
+class SyncClock:
+    """A clock that moves ``step`` seconds at every reading: each synced commit measures
+    ``step`` long (a quick disk's or a slow one's, as the test says)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def synced(writer: LedgerWriter, times: int = 1) -> None:
+    """Makes ``times`` synced commits (each measured by the writer's clock)."""
+    for _ in range(times):
+        writer.call(lambda led: None, durable=True)
+
+
+def test_on_a_quick_disk_a_write_handed_in_during_a_commit_is_committed_in_the_callers_thread(
+    ledger: Ledger,
+) -> None:
+    """Waiting for a quick commit costs an upload slot less than handing its ticket over to
+    the thread that commits next (bench/layers.py)."""
+    writer = LedgerWriter(ledger, clock=SyncClock(0.001))
+    synced(writer)
+    committed_by: list[threading.Thread] = []
+
+    def ticket(led: Ledger) -> None:
+        committed_by.append(threading.current_thread())
+        led.mark_ticketed(F, "a", SIG, "fs-a")
+
+    with commit_under_way(writer) as other:
+        pending = writer.submit(ticket)
+        assert pending.done and pending.error is None  # before the other commit ended
+        assert other.is_alive()
+    assert committed_by == [threading.current_thread()]
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+
+
+def test_on_a_slow_disk_a_write_handed_in_during_a_commit_is_left_to_the_next_commit(
+    ledger: Ledger,
+) -> None:
+    """An upload slot never waits for a slow disk's sync (row 2c of bench/run.py)."""
+    writer = LedgerWriter(ledger, clock=SyncClock(0.020))
+    synced(writer)
+    with commit_under_way(writer):
+        pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        assert not pending.done
+    assert pending.done and pending.error is None
+
+
+@pytest.mark.parametrize(
+    ("steps", "quick"),
+    [
+        pytest.param([0.020] * 3, False, id="every-sync-slow"),
+        # A synced commit's time also holds its thread's waits for the GIL: one quick one
+        # among the last few shows what the disk itself takes.
+        pytest.param([0.020, 0.001, 0.020, 0.020], True, id="one-quick-among-slow"),
+        pytest.param([0.001] + [0.020] * 16, False, id="the-disk-became-slow"),
+    ],
+)
+def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
+    ledger: Ledger, steps: list[float], quick: bool
+) -> None:
+    clock = SyncClock(0.0)
+    writer = LedgerWriter(ledger, clock=clock)
+    for step in steps:
+        clock.step = step
+        synced(writer)
+    with commit_under_way(writer):
+        pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+        assert pending.done is quick
+
+
+def test_a_write_committed_in_the_callers_thread_after_a_failed_commit_fails_too(
+    ledger: Ledger,
+) -> None:
+    writer = LedgerWriter(FullDisk(ledger, times=1), clock=SyncClock(0.001))  # type: ignore[arg-type]
+    synced(writer)  # a batch of one: FullDisk fails only batches
+    writer._queue.append(Pending(lambda led: None, False, writer))
+    with pytest.raises(LedgerError):
+        synced(writer)  # a batch of two, through the failing commit
+    pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    assert pending.done and isinstance(pending.error, LedgerError)
+    assert ledger.get(F, "a") is None
+
+
 def test_a_write_handed_in_without_waiting_never_runs_a_sync_in_the_callers_thread(
     ledger: Ledger,
 ) -> None:
