@@ -1192,3 +1192,48 @@ def test_prune_forgets_only_old_rows_of_files_that_are_gone(tmp_path: Path) -> N
             "fresh",
             "owed",
         }
+
+
+# --- statements per write ---------------------------------------------------------------
+
+
+def statements(led: Ledger) -> list[str]:
+    """Every statement ``led``'s connection runs from now on, by its first two words."""
+    seen: list[str] = []
+    assert led._store.conn is not None
+    led._store.conn.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:2])))
+    return seen
+
+
+def test_a_transition_of_one_row_is_one_statement_and_commits_at_once(ledger: Ledger) -> None:
+    """In a busy daemon every statement hands the GIL over: no BEGIN and COMMIT around a
+    write that is one UPDATE (SQLite commits a statement alone at once, atomically)."""
+    ledger.add_pending([(F, "a", SIG), (F, "gone", SIG)])
+    seen = statements(ledger)
+    ledger.mark_ticketed(F, "a", SIG, "fs-1")  # the row records this version: the usual case
+    assert seen == ["UPDATE files"]
+    ledger.mark_put(F, "a", "ab" * 32, file_store_id="fs-1")  # durable: a synced transaction
+    seen.clear()
+    ledger.mark_reported(F, "a")
+    assert seen == ["UPDATE files"]
+    seen.clear()
+    assert ledger.forget(F, "gone")
+    assert seen == ["DELETE FROM"]
+    with Ledger(ledger.path, readonly=True) as other:  # committed: another connection sees it
+        assert other.get(F, "a").state is State.REPORTED  # type: ignore[union-attr]
+        assert other.get(F, "gone") is None
+
+
+def test_a_transition_in_a_batch_needs_no_savepoint_and_a_refused_one_still_undoes_nothing(
+    ledger: Ledger,
+) -> None:
+    ledger.add_pending([(F, "a", SIG), (F, "b", SIG)])
+    seen = statements(ledger)
+    with ledger.batch():
+        ledger.mark_ticketed(F, "a", SIG, "fs-a")
+        with pytest.raises(IllegalTransition):
+            ledger.mark_reported(F, "b")  # pending: refused
+        ledger.mark_ticketed(F, "b", SIG, "fs-b")
+    assert not [s for s in seen if s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+    assert ledger.get(F, "a").state is State.TICKETED  # type: ignore[union-attr]
+    assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
