@@ -58,20 +58,9 @@ def run(way: str, work: Path, n: int, concurrency: int) -> tuple[float, float, f
         writer = LedgerWriter(base)
         ledger = SharedLedger(writer, path)
     commits = [0]
-    in_transaction = [False]
-
-    def count_commits(sql: str) -> None:
-        # A COMMIT, or a write outside a transaction (a statement alone commits at once).
-        word = sql.split(None, 1)[0].upper()
-        if word == "BEGIN":
-            in_transaction[0] = True
-        elif word == "COMMIT":
-            in_transaction[0] = False
-            commits[0] += 1
-        elif not in_transaction[0] and word in ("UPDATE", "INSERT", "DELETE"):
-            commits[0] += 1
-
-    base._store.conn.set_trace_callback(count_commits)  # type: ignore[union-attr]
+    base._store.conn.set_trace_callback(  # type: ignore[union-attr]
+        lambda sql: commits.__setitem__(0, commits[0] + (sql == "COMMIT"))
+    )
     reports: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     def slot(next_index: Callable[[], int | None]) -> int:

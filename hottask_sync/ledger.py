@@ -551,26 +551,6 @@ class _Store:
                 self._batch -= 1
 
     @contextlib.contextmanager
-    def statement(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """For an operation that writes with ONE statement at most (whatever it reads after
-        it, to explain a refusal): SQLite makes a statement atomic by itself, so it needs
-        neither a BEGIN and COMMIT of its own (in autocommit it commits at once) nor, in a
-        batch, a savepoint. Two statements fewer per write, each a hand-over of the GIL
-        in a busy daemon. A durable one outside a batch is a transaction as usual."""
-        with self.lock:
-            if durable and not self._batch:
-                with self.transaction(durable=True) as conn:
-                    yield conn
-                return
-            conn = self._open_conn()
-            if self.readonly:
-                raise LedgerError(f"ledger {self.path}: opened read-only")
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                raise self.error(exc) from exc
-
-    @contextlib.contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails
         # half-way with SQLITE_BUSY after it has read the row it is about to change.
@@ -1017,17 +997,23 @@ class Ledger(_LedgerUpkeep):
         now = self._clock()
         dev, ino, size, mtime_ns, ctime_ns = sig_params = _sig_params(sig)
         rel = os.fsencode(relpath)
-        same_version = (
-            *(dev, ctime_ns, file_store_id, now, folder, rel),
-            *(ino, size, mtime_ns, ctime_ns, ctime_ns),
-        )
-        # The usual case (the row records this version) is one UPDATE: a statement alone.
-        with self._store.statement() as conn:
-            if conn.execute(_MARK_TICKETED_SAME_VERSION_SQL, same_version).rowcount:
-                return
         with self._store.transaction() as conn:
-            if conn.execute(_MARK_TICKETED_SAME_VERSION_SQL, same_version).rowcount:
-                return  # the row changed meanwhile
+            if conn.execute(
+                _MARK_TICKETED_SAME_VERSION_SQL,
+                (
+                    dev,
+                    ctime_ns,
+                    file_store_id,
+                    now,
+                    folder,
+                    rel,
+                    ino,
+                    size,
+                    mtime_ns,
+                    *[ctime_ns] * 2,
+                ),
+            ).rowcount:
+                return
             cur = _fetch(conn, folder, relpath)
             _check(self.path, Op.MARK_TICKETED, cur, folder, relpath)
             if cur is None:
@@ -1215,7 +1201,7 @@ class Ledger(_LedgerUpkeep):
         ``pending``, ``ticketed`` or ``failed``. ``put`` and ``reported`` rows are kept
         (the first owes a report, the second stops a re-upload if the file comes back).
         Returns True when a row was deleted."""
-        with self._store.statement() as conn:
+        with self._store.transaction() as conn:
             return conn.execute(_FORGET_SQL, (folder, os.fsencode(relpath))).rowcount > 0
 
     def _advance(
@@ -1230,7 +1216,7 @@ class Ledger(_LedgerUpkeep):
         durable: bool = False,
     ) -> None:
         """One transaction of :func:`_advance_row`: ``op`` on one row, or IllegalTransition."""
-        with self._store.statement(durable=durable) as conn:  # one UPDATE, or a refusal
+        with self._store.transaction(durable=durable) as conn:
             _advance_row(conn, self.path, op, folder, relpath, assignments, values, file_store_id)
 
 
