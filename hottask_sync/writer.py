@@ -71,7 +71,13 @@ class Pending(Generic[T]):
 
 class LedgerWriter:
     """Commits the writes handed in, in the order handed in, in as few commits as the disk
-    allows (see the module's docstring). Thread-safe."""
+    allows (see the module's docstring). Thread-safe.
+
+    A write that its own thread commits on a quick disk (see :meth:`submit`) may go before
+    writes queued earlier, never before an earlier one of the same file: the uploader hands
+    a write in without waiting (a ticket, a report) only once the file's write before it was
+    committed, and every waited write is queued. Between files any order is one the
+    ledger's transitions allow, as when every thread wrote in turn on one connection."""
 
     def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
@@ -125,8 +131,8 @@ class LedgerWriter:
         pending: Pending[T] = Pending(fn, durable, self)
         if self._quick_syncs and not durable:
             # Queued, it would be committed by a thread waiting for its own turn, and the
-            # hand-over costs more than this short wait (bench/layers.py: 0.6 ms of CPU
-            # per file, a sixth of the bare httpx loop's). On a slow disk the wait could be
+            # hand-over costs more than this short wait (bench/layers.py: 0.7 ms of CPU
+            # per file, a fifth of the bare httpx loop's). On a slow disk the wait could be
             # a sync's 20 ms in an upload slot: queued instead, as below.
             self._commit_inline(pending)
             return pending
