@@ -192,6 +192,29 @@ def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
         assert pending.done is quick
 
 
+def test_a_ticket_committed_before_the_same_files_queued_report_is_refused_never_reported(
+    ledger: Ledger,
+) -> None:
+    """The one case where a write committed by its own thread goes before an earlier one of
+    the same file (LedgerWriter's docstring): a report queued while the disk counted as slow,
+    then the changed file's next ticket on a quick one. The ticket is refused, so the new
+    PUT can never be recorded as ``put``: uploaded again, never reported twice."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-1")
+    ledger.mark_put(F, "a", "ab" * 32, file_store_id="fs-1")
+    writer = LedgerWriter(ledger, clock=SyncClock(0.020))
+    shared = SharedLedger(writer, ledger.path)
+    with commit_under_way(writer):
+        shared.mark_reported(F, "a", wait=False)  # queued: the disk counts as slow
+        writer._quick_syncs = True  # the commit under way turns out quick
+        newer = FileSig(6, 2, 1, 1, 2)
+        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", newer, "fs-2"))
+        assert ticket.done and isinstance(ticket.error, IllegalTransition)
+    assert ledger.get(F, "a").state is State.REPORTED  # type: ignore[union-attr]
+    with pytest.raises(IllegalTransition):
+        shared.mark_put(F, "a", "cd" * 32, file_store_id="fs-2")
+    shared.close()
+
+
 def test_a_write_committed_in_the_callers_thread_after_a_failed_commit_fails_too(
     ledger: Ledger,
 ) -> None:
