@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +46,13 @@ if str(REPO) not in sys.path:
 
 from bench.clients import _in_threads as in_threads  # noqa: E402
 from bench.clients import bare_httpx  # noqa: E402
+from bench.writer import in_stages  # noqa: E402
 from hottask_sync import logs  # noqa: E402
 from hottask_sync.client import HotTaskClient  # noqa: E402
 from hottask_sync.config import FolderConfig  # noqa: E402
 from hottask_sync.files import FileSig  # noqa: E402
 from hottask_sync.jobs import Job, Outcome, Result  # noqa: E402
 from hottask_sync.ledger import Ledger  # noqa: E402
-from hottask_sync.pool import REPORTERS_PER_SLOT  # noqa: E402
 from hottask_sync.uploader import Handoff, Uploader  # noqa: E402
 from hottask_sync.writer import LedgerWriter, SharedLedger  # noqa: E402
 
@@ -140,16 +139,7 @@ class Layers:
                 while (handoff := reports.get()) is not None:
                     results.append(uploader.finish(handoff))
 
-            reporters = [
-                threading.Thread(target=report) for _ in range(REPORTERS_PER_SLOT * self.c)
-            ]
-            for t in reporters:
-                t.start()
-            in_threads(self.c, len(jobs), upload)
-            for _ in reporters:
-                reports.put(None)
-            for t in reporters:
-                t.join()
+            in_stages(self.c, len(jobs), upload, report, reports)
         if writer is not None:
             writer.stop(10)
         if layer != "uploader":

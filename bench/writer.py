@@ -46,6 +46,26 @@ SIG = FileSig(4096, 1, 1, 1, 1)
 WAYS = ("inline", "writer")
 
 
+def in_stages(
+    slots: int,
+    n: int,
+    slot: Callable[[Callable[[], int | None]], int],
+    reporter: Callable[[], None],
+    reports: queue.SimpleQueue[Any],
+) -> None:
+    """The daemon pool's shape: ``slots`` threads run ``slot`` over n items (as
+    ``bench/clients.py``'s ``_in_threads``) while REPORTERS_PER_SLOT times as many run
+    ``reporter``, each until it takes a None from ``reports``; returns once all ended."""
+    reporters = [threading.Thread(target=reporter) for _ in range(REPORTERS_PER_SLOT * slots)]
+    for t in reporters:
+        t.start()
+    in_threads(slots, n, slot)
+    for _ in reporters:
+        reports.put(None)
+    for t in reporters:
+        t.join()
+
+
 def run(way: str, work: Path, n: int, concurrency: int) -> tuple[float, float, float]:
     """One run; returns (CPU ms per file, commits per file, context switches per file)."""
     path = Path(tempfile.mkdtemp(dir=work)) / "ledger.sqlite3"
@@ -79,14 +99,7 @@ def run(way: str, work: Path, n: int, concurrency: int) -> tuple[float, float, f
             ledger.mark_reported(FOLDER, name, wait=False)  # a Ledger commits it anyway
 
     usage0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
-    reporters = [threading.Thread(target=reporter) for _ in range(REPORTERS_PER_SLOT * concurrency)]
-    for t in reporters:
-        t.start()
-    in_threads(concurrency, n, slot)
-    for _ in reporters:
-        reports.put(None)
-    for t in reporters:
-        t.join()
+    in_stages(concurrency, n, slot, reporter, reports)
     if writer is not None:
         writer.stop(10)
         ledger.close()

@@ -17,7 +17,7 @@ import structlog
 from hottask_sync.errors import LedgerError
 from hottask_sync.files import FileSig
 from hottask_sync.ledger import IllegalTransition, Ledger, State
-from hottask_sync.writer import LedgerWriter, Pending, SharedLedger
+from hottask_sync.writer import SYNC_WINDOW, LedgerWriter, Pending, SharedLedger
 
 F = "/srv/in"
 SIG = FileSig(5, 1, 1, 1, 1)
@@ -130,10 +130,9 @@ class SyncClock:
         return self.now
 
 
-def synced(writer: LedgerWriter, times: int = 1) -> None:
-    """Makes ``times`` synced commits (each measured by the writer's clock)."""
-    for _ in range(times):
-        writer.call(lambda led: None, durable=True)
+def synced(writer: LedgerWriter) -> None:
+    """Makes a synced commit (measured by the writer's clock)."""
+    writer.call(lambda led: None, durable=True)
 
 
 def test_on_a_quick_disk_a_write_handed_in_during_a_commit_is_committed_in_the_callers_thread(
@@ -176,7 +175,7 @@ def test_on_a_slow_disk_a_write_handed_in_during_a_commit_is_left_to_the_next_co
         # A synced commit's time also holds its thread's waits for the GIL: one quick one
         # among the last few shows what the disk itself takes.
         pytest.param([0.020, 0.001, 0.020, 0.020], True, id="one-quick-among-slow"),
-        pytest.param([0.001] + [0.020] * 16, False, id="the-disk-became-slow"),
+        pytest.param([0.001] + [0.020] * SYNC_WINDOW, False, id="the-disk-became-slow"),
     ],
 )
 def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
