@@ -12,9 +12,10 @@ commits with a full sync, which then covers every ``put`` in it; a file is repor
 once its ``put`` is durable (see :class:`Pending`). A write handed in without waiting
 never runs a sync in the caller's thread. On a slow disk it never waits for one either: an
 upload slot's ticket is left to the next commit (its rare waited writes, an error or a file
-gone, may share a sync). On a quick disk (judged by the synced commits made) it is committed
-at once in the caller's thread, after at most the commit under way: cheaper than handing it
-over. Reads never wait for writes: they use a read-only connection of their own (SQLite's
+gone, may share a sync). On a quick disk (judged by the synced commits made) every write is
+committed at once in the caller's thread as its own transaction (a ``put`` with its own
+sync), after the writes queued before it: cheaper than handing it over or waiting for a
+turn. Reads never wait for writes: they use a read-only connection of their own (SQLite's
 WAL lets readers and the writer work at once).
 """
 
@@ -73,15 +74,14 @@ class LedgerWriter:
     """Commits the writes handed in, in the order handed in, in as few commits as the disk
     allows (see the module's docstring). Thread-safe.
 
-    A write that its own thread commits on a quick disk (see :meth:`submit`) may go before
-    writes queued earlier. Those are other files' (any order between files is one the
-    ledger's transitions allow, as when every thread wrote in turn on one connection), save
-    in one case: a report handed in while the disk counted as slow may still be queued when
-    the same file, changed, gets its next ticket. The ledger refuses that ticket (the row
-    still owes its report), so the new PUT is never recorded as ``put`` nor reported, and
-    the file is uploaded again: a wasted upload, never a second report. (Committed only
-    while the queue is empty instead, the ``writer`` layer of bench/layers.py cost 0.5 ms more
-    per file: it seldom is.)"""
+    A write that its own thread commits on a quick disk (see :meth:`submit` and
+    :meth:`call`) goes after every write queued before it; writes handed in at the same
+    time by other threads are other files' (any order between them is one the ledger's
+    transitions allow, as when every thread wrote in turn on one connection).
+
+    On a quick disk each ``put`` is synced on its own, under the store's lock: at the
+    threshold (5 ms a sync) that is 200 a second, more than this daemon uploads on one
+    core; a slower disk gets group commit."""
 
     def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
@@ -126,8 +126,8 @@ class LedgerWriter:
 
     def submit(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> Pending[T]:
         """Hands a write over without waiting for a sync. While the disk syncs quickly, it
-        is committed now, in this thread, as its own transaction (after the commit under
-        way, if any: never more than a quick one's wait). On a slow disk it is committed
+        is committed now, in this thread, as its own transaction, after the writes queued
+        before it (never more than quick commits' wait). On a slow disk it is committed
         now when no commit is under way and no write that another thread waits for (or
         that needs a sync) is queued before it; otherwise by the next thread to commit.
         A ``durable`` write handed in this way is committed by the next waiting one: wait
@@ -138,32 +138,56 @@ class LedgerWriter:
             # hand-over costs more than this short wait (bench/layers.py: 0.7 ms of CPU
             # per file, a fifth of the bare httpx loop's). On a slow disk the wait could be
             # a sync's 20 ms in an upload slot: queued instead, as below.
-            self._commit_inline(pending)
+            self._commit_own(pending)
             return pending
         self._queue.append(pending)
         self._lead_quick()
         return pending
 
-    def _commit_inline(self, p: Pending[Any]) -> None:
-        """Commits one write that needs no sync in this thread, as its own transaction."""
-        if self._broken is None:
-            try:
-                p.result = p.fn(self._ledger)
-            except IllegalTransition as exc:  # refused: nothing else to undo
-                p.error = exc
-            except LedgerError as exc:  # as after a failed turn's commit: the daemon stops
-                self._broken = p.error = exc
-            with self._mutex:
-                self.batches += 1
+    def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
+        """Hands a write over and waits until it is committed; returns its result. While
+        the disk syncs quickly, this thread commits it itself, as its own transaction
+        (a ``put`` with its own sync), after the writes queued before it."""
+        pending: Pending[T] = Pending(fn, durable, self, waited=True)
+        if self._quick_syncs:
+            # Waiting for a turn costs a sleep and a wake-up, and group commit saves little
+            # where a sync takes a fraction of a millisecond (bench/README: 0.24-0.37 ms of
+            # CPU per file in row 1).
+            self._commit_own(pending)
+            self._checkpoint_if_due()
         else:
+            self._queue.append(pending)
+        return pending.wait()
+
+    def _commit_own(self, p: Pending[Any]) -> None:
+        """Commits one write in this thread as its own transaction (synced when the
+        operation is durable, as a ``put`` is), once every write queued before it is
+        committed (by this thread, or by the thread whose turn it is)."""
+        with self._mutex:
+            last = self._queue[-1] if self._queue else None
+        if last is not None:
+            self.wait_for(last)
+        if self._broken is not None:
             p.error = self._broken
+            p.done = True
+            return
+        started = self._clock() if p.durable else 0.0
+        try:
+            p.result = p.fn(self._ledger)
+        except IllegalTransition as exc:  # refused: nothing else to undo
+            p.error = exc
+        except LedgerError as exc:  # as after a failed turn's commit: the daemon stops
+            self._broken = p.error = exc
+        with self._mutex:
+            if p.durable:
+                self._judge(self._clock() - started)
+            self.batches += 1
         p.done = True
 
-    def call(self, fn: Callable[[Ledger], T], *, durable: bool = False) -> T:
-        """Hands a write over and waits until it is committed; returns its result."""
-        pending: Pending[T] = Pending(fn, durable, self, waited=True)
-        self._queue.append(pending)
-        return pending.wait()
+    def _judge(self, seconds: float) -> None:
+        """Takes a synced commit's time into the judgement of the disk (under _mutex)."""
+        self._sync_times.append(seconds)
+        self._quick_syncs = min(self._sync_times) < QUICK_SYNC_SECONDS
 
     def wait_for(self, pending: Pending[Any]) -> None:
         """Returns once ``pending`` is committed (or refused): committing it itself, with
@@ -232,14 +256,22 @@ class LedgerWriter:
         turn (see :meth:`_end_turn`)."""
         try:
             self._drain(durable=durable, until=until)
-            if checkpoint and self.batches - self._checkpointed >= CHECKPOINT_EVERY:
-                # The ledger's connection never checkpoints by itself (that would sync in
-                # whichever thread crossed the threshold, an upload slot too): a thread
-                # that waits for a commit anyway copies the WAL back now and then.
-                self._checkpointed = self.batches
-                self._checkpoint()
+            if checkpoint:
+                self._checkpoint_if_due()
         finally:
             self._end_turn()
+
+    def _checkpoint_if_due(self) -> None:
+        """Copies the WAL back once CHECKPOINT_EVERY commits were made since the last time.
+        The ledger's connection never checkpoints by itself (that would sync in whichever
+        thread crossed the threshold, an upload slot too): only a thread that waits for a
+        commit anyway calls this."""
+        with self._mutex:
+            due = self.batches - self._checkpointed >= CHECKPOINT_EVERY
+            if due:
+                self._checkpointed = self.batches
+        if due:
+            self._checkpoint()
 
     def _lead_quick(self) -> None:
         """Commits the writes queued, unless a commit is under way (its thread takes them
@@ -319,8 +351,7 @@ class LedgerWriter:
                 p.error = p.error or self._broken
         with self._mutex:
             if durable:
-                self._sync_times.append(self._clock() - started)
-                self._quick_syncs = min(self._sync_times) < QUICK_SYNC_SECONDS
+                self._judge(self._clock() - started)
             self.batches += 1
         for p in batch:
             p.done = True
@@ -393,8 +424,8 @@ class SharedLedger:
     def mark_put(
         self, folder: str, relpath: str, sha256: str, *, file_store_id: str | None = None
     ) -> None:
-        """Records the ``put`` durably: returns once a synced commit holds it (one sync for
-        every ``put`` handed in meanwhile)."""
+        """Records the ``put`` durably: returns once a synced commit holds it (on a slow
+        disk, one sync for every ``put`` handed in meanwhile)."""
         self.writer.call(
             lambda led: led.mark_put(folder, relpath, sha256, file_store_id=file_store_id),
             durable=True,

@@ -191,37 +191,65 @@ def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
         assert pending.done is quick
 
 
-def test_a_ticket_committed_before_the_same_files_queued_report_is_refused_never_reported(
+def test_a_write_committed_by_its_own_thread_goes_after_the_writes_queued_before_it(
     ledger: Ledger,
 ) -> None:
-    """The one case where a write committed by its own thread goes before an earlier one of
-    the same file (LedgerWriter's docstring): a report queued while the disk counted as slow,
-    then the changed file's next ticket on a quick one. The ticket is refused, so the new
-    PUT can never be recorded as ``put``: uploaded again, never reported twice."""
+    """On a quick disk a write is committed by its own thread, but never before one handed in
+    earlier: here a report queued while the disk counted as slow, then the changed file's
+    next ticket. The ticket waits for the report's commit, then is committed (it used to go
+    first and be refused: the file uploaded again for nothing)."""
     ledger.mark_ticketed(F, "a", SIG, "fs-1")
     ledger.mark_put(F, "a", "ab" * 32, file_store_id="fs-1")
     writer = LedgerWriter(ledger, clock=SyncClock(0.020))
     shared = SharedLedger(writer, ledger.path)
+    newer = FileSig(6, 2, 1, 1, 2)
+    committed_by: list[threading.Thread] = []
+    tickets: list[Pending[None]] = []
+
+    def ticket(led: Ledger) -> None:
+        committed_by.append(threading.current_thread())
+        led.mark_ticketed(F, "a", newer, "fs-2")
+
+    slot = threading.Thread(target=lambda: tickets.append(writer.submit(ticket)))
     with commit_under_way(writer):
         shared.mark_reported(F, "a", wait=False)  # queued: the disk counts as slow
         writer._quick_syncs = True  # the commit under way turns out quick
-        newer = FileSig(6, 2, 1, 1, 2)
-        ticket = writer.submit(lambda led: led.mark_ticketed(F, "a", newer, "fs-2"))
-        assert ticket.done and isinstance(ticket.error, IllegalTransition)
-    assert ledger.get(F, "a").state is State.REPORTED  # type: ignore[union-attr]
-    with pytest.raises(IllegalTransition):
-        shared.mark_put(F, "a", "cd" * 32, file_store_id="fs-2")
+        slot.start()
+        wait_until(lambda: writer._sleepers)  # the slot waits for the report's commit
+        assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+    slot.join(10)
+    assert tickets[0].done and tickets[0].error is None
+    assert committed_by == [slot]
+    entry = ledger.get(F, "a")
+    assert entry is not None and (entry.state, entry.file_store_id) == (State.TICKETED, "fs-2")
     shared.close()
+
+
+def test_on_a_quick_disk_a_put_is_committed_by_its_own_thread_with_its_own_sync(
+    ledger: Ledger,
+) -> None:
+    """A report thread commits its own ``put`` on a quick disk, synced, without waiting for
+    another thread's commit to end (no turn to wait for: bench/README)."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-a")
+    writer = LedgerWriter(ledger, clock=SyncClock(0.020))
+    statements: list[str] = []
+    with commit_under_way(writer) as other:
+        writer._quick_syncs = True  # the commit under way turns out quick
+        ledger._store._open_conn().set_trace_callback(statements.append)
+        writer.call(lambda led: led.mark_put(F, "a", "ab" * 32, file_store_id="fs-a"), durable=True)
+        assert other.is_alive()  # done while the other commit is still under way
+    assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+    assert statements.index("PRAGMA synchronous = FULL") < statements.index("COMMIT")
 
 
 def test_a_write_committed_in_the_callers_thread_after_a_failed_commit_fails_too(
     ledger: Ledger,
 ) -> None:
-    writer = LedgerWriter(FullDisk(ledger, times=1), clock=SyncClock(0.001))  # type: ignore[arg-type]
-    synced(writer)  # a batch of one: FullDisk fails only batches
+    writer = LedgerWriter(FullDisk(ledger, times=1), clock=SyncClock(0.020))  # type: ignore[arg-type]
     writer._queue.append(Pending(lambda led: None, False, writer))
     with pytest.raises(LedgerError):
-        synced(writer)  # a batch of two, through the failing commit
+        synced(writer)  # a batch of two (FullDisk fails only batches): the commit fails
+    writer._quick_syncs = True
     pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
     assert pending.done and isinstance(pending.error, LedgerError)
     assert ledger.get(F, "a") is None
@@ -514,8 +542,9 @@ def test_a_write_someone_waits_for_is_never_committed_by_a_thread_that_does_not(
     assert committed_by == ["main-loop"] and slot.done
 
 
+@pytest.mark.parametrize("quick", [False, True], ids=["slow-disk", "quick-disk"])
 def test_only_a_thread_that_waits_for_its_write_checkpoints(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, quick: bool
 ) -> None:
     import hottask_sync.writer as writer_module
 
@@ -527,12 +556,15 @@ def test_only_a_thread_that_waits_for_its_write_checkpoints(
         "checkpoint",
         lambda: (checkpoints.append(threading.current_thread().name), real())[1],
     )
-    writer = LedgerWriter(ledger)
+    writer = LedgerWriter(ledger, clock=SyncClock(0.001 if quick else 0.020))
     with ledger._store.reading() as conn:
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    if quick:
+        synced(writer)  # one commit: no checkpoint yet
+    before = writer.batches
     for i in range(8):  # quick commits of a slot: never a checkpoint
         writer.submit(lambda led, i=i: led.mark_ticketed(F, f"f{i}", SIG, f"fs-{i}"))
-    assert writer.batches == 8 and checkpoints == []
+    assert writer.batches == before + 8 and checkpoints == []
     writer.call(lambda led: led.mark_put(F, "f0", "ab" * 32), durable=True)
     assert checkpoints == [threading.current_thread().name]
 
