@@ -838,6 +838,11 @@ class _LedgerUpkeep(_LedgerReads):
         the end when the transaction cannot commit: then none of it was written."""
         return self._store.batch(durable=durable)
 
+    def holding(self) -> contextlib.AbstractContextManager[bool]:
+        """Holds the ledger's lock (re-entrant) while inside: no other thread's operation on
+        this ledger runs meanwhile; this thread's own run as usual."""
+        return self._store.lock
+
     def stop_autocheckpoint(self) -> None:
         """This connection's commits no longer copy the WAL back into the database when it
         grows (SQLite's automatic checkpoint, which syncs): :meth:`checkpoint` does."""

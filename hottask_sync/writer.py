@@ -133,12 +133,11 @@ class LedgerWriter:
         A ``durable`` write handed in this way is committed by the next waiting one: wait
         for it (:meth:`Pending.wait`)."""
         pending: Pending[T] = Pending(fn, durable, self)
-        if self._quick_syncs and not durable:
+        if self._quick_syncs and not durable and self._commit_own(pending):
             # Queued, it would be committed by a thread waiting for its own turn, and the
             # hand-over costs more than this short wait (bench/layers.py: 0.7 ms of CPU
             # per file, a fifth of the bare httpx loop's). On a slow disk the wait could be
             # a sync's 20 ms in an upload slot: queued instead, as below.
-            self._commit_own(pending)
             return pending
         self._queue.append(pending)
         self._lead_quick()
@@ -159,18 +158,22 @@ class LedgerWriter:
             self._queue.append(pending)
         return pending.wait()
 
-    def _commit_own(self, p: Pending[Any]) -> None:
+    def _commit_own(self, p: Pending[Any]) -> bool:
         """Commits one write in this thread as its own transaction (synced when the
         operation is durable, as a ``put`` is), once every write queued before it is
-        committed (by this thread, or by the thread whose turn it is)."""
+        committed (by this thread, or by the thread whose turn it is). Returns False,
+        committing nothing, for a write nobody waits for while writes are queued: queued
+        behind them instead, it never runs their sync in this thread."""
         with self._mutex:
             last = self._queue[-1] if self._queue else None
         if last is not None:
+            if not p.waited:
+                return False
             self.wait_for(last)
         if self._broken is not None:
             p.error = self._broken
             p.done = True
-            return
+            return True
         started = self._clock() if p.durable else 0.0
         try:
             p.result = p.fn(self._ledger)
@@ -183,6 +186,7 @@ class LedgerWriter:
                 self._judge(self._clock() - started)
             self.batches += 1
         p.done = True
+        return True
 
     def _judge(self, seconds: float) -> None:
         """Takes a synced commit's time into the judgement of the disk (under _mutex)."""
@@ -312,14 +316,18 @@ class LedgerWriter:
         is empty or ``until`` is committed; without ``durable``, stops before the first one
         that needs a sync or has a waiter."""
         while until is None or not until.done:
-            batch: list[Pending[Any]] = []
-            while self._queue and len(batch) < MAX_BATCH:
-                if not durable and (self._queue[0].durable or self._queue[0].waited):
-                    break
-                batch.append(self._queue.popleft())
-            if not batch:
-                return
-            self._commit(batch)
+            # Taken off the queue under the ledger's lock, held until committed: a thread
+            # that finds the queue empty and commits its own write (_commit_own) waits for
+            # this batch, so its write never goes before one queued earlier.
+            with self._ledger.holding():
+                batch: list[Pending[Any]] = []
+                while self._queue and len(batch) < MAX_BATCH:
+                    if not durable and (self._queue[0].durable or self._queue[0].waited):
+                        break
+                    batch.append(self._queue.popleft())
+                if not batch:
+                    return
+                self._commit(batch)
 
     def _commit(self, batch: list[Pending[Any]]) -> None:
         if self._broken is not None:

@@ -191,53 +191,114 @@ def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
         assert pending.done is quick
 
 
-def test_a_write_committed_by_its_own_thread_goes_after_the_writes_queued_before_it(
-    ledger: Ledger,
+@pytest.mark.parametrize("waited", [False, True], ids=["handed-in", "waited-for"])
+def test_on_a_quick_disk_a_write_goes_after_the_writes_queued_before_it(
+    ledger: Ledger, waited: bool
 ) -> None:
     """On a quick disk a write is committed by its own thread, but never before one handed in
     earlier: here a report queued while the disk counted as slow, then the changed file's
-    next ticket. The ticket waits for the report's commit, then is committed (it used to go
-    first and be refused: the file uploaded again for nothing)."""
+    next ticket. Handed in without waiting, the ticket is queued behind the report (never
+    its thread's wait); waited for, its thread waits for the report's commit, then commits
+    it. Either way it is committed (it used to go first and be refused: the file uploaded
+    again for nothing)."""
     ledger.mark_ticketed(F, "a", SIG, "fs-1")
     ledger.mark_put(F, "a", "ab" * 32, file_store_id="fs-1")
     writer = LedgerWriter(ledger, clock=SyncClock(0.020))
     shared = SharedLedger(writer, ledger.path)
     newer = FileSig(6, 2, 1, 1, 2)
     committed_by: list[threading.Thread] = []
-    tickets: list[Pending[None]] = []
+    handed: list[Pending[None]] = []
 
     def ticket(led: Ledger) -> None:
         committed_by.append(threading.current_thread())
         led.mark_ticketed(F, "a", newer, "fs-2")
 
-    slot = threading.Thread(target=lambda: tickets.append(writer.submit(ticket)))
-    with commit_under_way(writer):
+    def hand_in() -> None:
+        if waited:
+            writer.call(ticket)  # raises if refused: committed_by stays empty
+        else:
+            handed.append(writer.submit(ticket))
+
+    slot = threading.Thread(target=hand_in)
+    with commit_under_way(writer) as other:
         shared.mark_reported(F, "a", wait=False)  # queued: the disk counts as slow
         writer._quick_syncs = True  # the commit under way turns out quick
         slot.start()
-        wait_until(lambda: writer._sleepers)  # the slot waits for the report's commit
-        assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
+        if waited:
+            wait_until(lambda: writer._sleepers)  # waits for the report's commit
+        else:
+            slot.join(10)
+            assert len(writer._queue) == 2  # behind the report
+        assert shared.get(F, "a").state is State.PUT  # type: ignore[union-attr]
     slot.join(10)
-    assert tickets[0].done and tickets[0].error is None
-    assert committed_by == [slot]
-    entry = ledger.get(F, "a")
+    assert all(p.done and p.error is None for p in handed)
+    assert committed_by == [slot if waited else other]
+    entry = shared.get(F, "a")
     assert entry is not None and (entry.state, entry.file_store_id) == (State.TICKETED, "fs-2")
     shared.close()
+
+
+def test_a_write_committed_by_its_own_thread_waits_for_a_batch_taken_off_the_queue(
+    ledger: Ledger,
+) -> None:
+    """The queue can be empty while an earlier write is still being committed: taken off
+    the queue by the thread whose turn it is. That thread holds the ledger's lock from
+    before it takes the batch until it is committed, so a write committed by its own thread
+    meanwhile comes after it."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-1")
+    ledger.mark_put(F, "a", "ab" * 32, file_store_id="fs-1")
+    writer = LedgerWriter(ledger, clock=SyncClock(0.020))
+    taken, release, started = threading.Event(), threading.Event(), threading.Event()
+
+    def report(led: Ledger) -> None:
+        taken.set()
+        release.wait(10)
+        led.mark_reported(F, "a")
+
+    def ticket(led: Ledger) -> None:
+        started.set()
+        led.mark_ticketed(F, "a", FileSig(6, 2, 1, 1, 2), "fs-2")
+
+    leader = threading.Thread(target=writer.call, args=(report,))  # a slow disk: queued
+    leader.start()
+    assert taken.wait(10)  # off the queue, being committed
+    assert not writer._queue
+    assert not ledger.holding().acquire(blocking=False)  # type: ignore[attr-defined]
+    writer._quick_syncs = True
+    tickets: list[Pending[None]] = []
+    slot = threading.Thread(target=lambda: tickets.append(writer.submit(ticket)))
+    slot.start()
+    assert started.wait(10)
+    release.set()
+    leader.join(10)
+    slot.join(10)
+    assert tickets[0].done and tickets[0].error is None
+    entry = ledger.get(F, "a")
+    assert entry is not None and (entry.state, entry.file_store_id) == (State.TICKETED, "fs-2")
 
 
 def test_on_a_quick_disk_a_put_is_committed_by_its_own_thread_with_its_own_sync(
     ledger: Ledger,
 ) -> None:
     """A report thread commits its own ``put`` on a quick disk, synced, without waiting for
-    another thread's commit to end (no turn to wait for: bench/README)."""
+    the turn another thread holds (between two of its commits, say): bench/README."""
     ledger.mark_ticketed(F, "a", SIG, "fs-a")
-    writer = LedgerWriter(ledger, clock=SyncClock(0.020))
+    writer = LedgerWriter(ledger, clock=SyncClock(0.001))
+    synced(writer)
     statements: list[str] = []
-    with commit_under_way(writer) as other:
-        writer._quick_syncs = True  # the commit under way turns out quick
-        ledger._store._open_conn().set_trace_callback(statements.append)
-        writer.call(lambda led: led.mark_put(F, "a", "ab" * 32, file_store_id="fs-a"), durable=True)
-        assert other.is_alive()  # done while the other commit is still under way
+    ledger._store._open_conn().set_trace_callback(statements.append)
+    writer._leading = True  # another thread's turn
+    committed_by: list[threading.Thread] = []
+
+    def put(led: Ledger) -> None:
+        committed_by.append(threading.current_thread())
+        led.mark_put(F, "a", "ab" * 32, file_store_id="fs-a")
+
+    report = threading.Thread(target=writer.call, args=(put,), kwargs={"durable": True})
+    report.start()
+    report.join(10)
+    assert not report.is_alive() and committed_by == [report]
+    writer._leading = False
     assert ledger.get(F, "a").state is State.PUT  # type: ignore[union-attr]
     assert statements.index("PRAGMA synchronous = FULL") < statements.index("COMMIT")
 
@@ -268,6 +329,26 @@ def test_a_write_handed_in_without_waiting_never_runs_a_sync_in_the_callers_thre
     assert not put.done and not ticket.done and writer.batches == 0
     put.wait()
     assert ticket.done and syncs == [True]
+    assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
+
+
+def test_on_a_quick_disk_a_write_handed_in_behind_a_queued_put_is_queued_not_synced(
+    ledger: Ledger,
+) -> None:
+    """A ``put`` left queued (handed in while the disk counted as slow): an upload slot's
+    ticket handed in after it is queued behind it, never committed by the slot with the
+    put's sync; the put's own thread commits both, in order."""
+    ledger.mark_ticketed(F, "a", SIG, "fs-a")
+    writer = LedgerWriter(ledger, clock=SyncClock(0.001))
+    synced(writer)
+    put: Pending[None] = Pending(lambda led: led.mark_put(F, "a", "ab" * 32), True, writer)
+    writer._queue.append(put)
+    statements: list[str] = []
+    ledger._store._open_conn().set_trace_callback(statements.append)
+    ticket = writer.submit(lambda led: led.mark_ticketed(F, "b", SIG, "fs-b"))
+    assert not ticket.done and statements == []
+    put.wait()
+    assert ticket.done and ticket.error is None
     assert ledger.get(F, "b").state is State.TICKETED  # type: ignore[union-attr]
 
 
