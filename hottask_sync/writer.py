@@ -150,8 +150,8 @@ class LedgerWriter:
         pending: Pending[T] = Pending(fn, durable, self, waited=True)
         if self._quick_syncs:
             # Waiting for a turn costs a sleep and a wake-up, and group commit saves little
-            # where a sync takes a fraction of a millisecond (bench/README: 0.24-0.37 ms of
-            # CPU per file in row 1).
+            # where a sync takes a fraction of a millisecond (bench/README: 11-18 % fewer
+            # context switches per file in row 1).
             self._commit_own(pending)
             self._checkpoint_if_due()
         else:
