@@ -79,6 +79,21 @@ def test_layers_runs_only_the_layers_asked_for_and_refuses_an_unknown_one() -> N
     assert refused.returncode == 2 and "--layers: unknown ['nope']" in refused.stderr
 
 
+def test_ab_runs_each_checkouts_own_daemon(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    package = Path(bench.__file__).parents[1] / "hottask_sync"
+    shutil.copytree(package, checkout / "hottask_sync", ignore=shutil.ignore_patterns("*.pyc"))
+    init = checkout / "hottask_sync" / "__init__.py"
+    mark = "\nimport pathlib\npathlib.Path(__file__).with_name('ran').write_text('copy')\n"
+    init.write_text(init.read_text() + mark)
+    done = _bench_script("ab.py", str(checkout), "--files", "5", "--reps", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    sides = json.loads(done.stdout)["sides"]
+    assert set(sides) == {str(checkout), "bare httpx loop"}
+    assert all(_number(side["cpu_ms_per_file"]) for side in sides.values())
+    assert (checkout / "hottask_sync" / "ran").read_text() == "copy"  # the copy's daemon ran
+
+
 def test_writer_bench_measures_both_ways_of_writing_the_ledger() -> None:
     done = _bench_script("writer.py", "--files", "40", "--reps", "1")
     assert done.returncode == 0, done.stderr[-2000:]
