@@ -9,6 +9,7 @@ main thread; what crosses threads is frozen (Jobs, Results, the Uploader snapsho
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -169,8 +170,14 @@ class Runtime:
         self.pool.resize(cfg.sync.concurrency)
         self.board.start(self.ledger, self._wake.set)
         self.board.refresh(self.scheduler, self.keeper.missing)
+        frozen = freeze_start_up()
         self.notifier.ready(self.board.line)
-        log.info("daemon.ready", waiting=len(self.scheduler.settler), queued=self.scheduler.queued)
+        log.info(
+            "daemon.ready",
+            waiting=len(self.scheduler.settler),
+            queued=self.scheduler.queued,
+            frozen_objects=frozen,
+        )
 
     def _shutdown(self) -> int:
         """Stops within grace + ABORT_WAIT_SECONDS + JOIN_SECONDS, whatever hangs."""
@@ -388,6 +395,16 @@ class Runtime:
         self.keys.start(new.api if not restart else old.api, self.environ)
         log.info("config.reloaded", level=new.logging.level, **_starting(new))
         self.notifier.ready(self.board.line)
+
+
+def freeze_start_up() -> int:
+    """Collects start-up's garbage, then moves every object left (modules, config, pools:
+    they live as long as the daemon) into the cyclic collector's permanent generation,
+    never walked again; returns how many. Each full pass of the collector walked them all
+    again: 4 % of row 1's CPU per file (bench/README)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _starting(cfg: Config) -> dict[str, object]:
