@@ -2,9 +2,10 @@
 
 Two long-lived httpx clients: one for the JSON API (with the Authorization header) and one
 for the presigned S3 PUT (without it: S3 rejects a request that carries both a presigned
-signature and an Authorization header). Each request goes straight to its client's transport
-(the connection pool, or the proxy the environment names), with headers, URLs and timeouts
-merged once. Transports are injectable for tests.
+signature and an Authorization header). Each request goes straight to the connection pool of
+its client's transport (or to the proxy the environment names), with headers, URLs and
+timeouts merged once, and its answer is read in full into an :class:`_Answer`. Transports
+are injectable for tests.
 
 Two answers get special care:
 
@@ -25,16 +26,22 @@ from __future__ import annotations
 
 import copy
 import email.utils
+import json
 import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
+
+# Private in httpx 0.27 and 0.28 (the pinned range): httpcore's errors as httpx's, as the
+# transport itself maps them. A test fails if it goes.
+from httpx._transports.default import map_httpcore_exceptions
 
 from . import __version__
 from .config import is_loopback_host
@@ -99,6 +106,42 @@ class _Abort(Exception):
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An answer read in full: what the checks look at."""
+
+    status_code: int
+    raw_headers: Sequence[tuple[bytes, bytes]]
+    #: The body, decoded from any Content-Encoding.
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; raises ValueError when it is not."""
+        return json.loads(self.content)
+
+    def header(self, name: str) -> str | None:
+        """The first value of the header ``name`` (any case), or None."""
+        wanted = name.lower().encode("ascii")
+        for key, value in self.raw_headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+
+def _decoded(headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """Given a body as received, returns it decoded from its Content-Encoding (gzip, deflate,
+    ... as httpx decodes them; the clients ask for them as httpx does); raises
+    httpx.DecodingError when it cannot be."""
+    for key, value in headers:
+        if key.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return httpx.Response(200, headers=headers, stream=httpx.ByteStream(body)).read()
+    return body
 
 
 class HotTaskClient:
@@ -268,7 +311,7 @@ class HotTaskClient:
         # encoding, which S3 refuses (501) on presigned PUTs.
         headers = [*self._s3_headers, (b"Content-Length", str(size).encode())]
         try:
-            response = self._send(self._s3, "PUT", ticket.url, headers, content=content)
+            response = self._send(self._s3, "PUT", httpx.URL(ticket.url), headers, content)
         except _Abort as abort:
             raise abort.error from None
         except httpx.HTTPError as exc:
@@ -297,8 +340,12 @@ class HotTaskClient:
     def _call(self, path: str, payload: dict[str, Any]) -> Any:
         name = path.rsplit("/", 1)[-1]
         url = self._endpoints[path]
+        # As httpx encodes json=: compact, UTF-8 (upload_name keeps it valid).
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        content = body.encode("utf-8")
+        headers = [*self._api_headers, (b"Content-Length", str(len(content)).encode())]
         try:
-            response = self._send(self._api, "POST", url, self._api_headers, json=payload)
+            response = self._send(self._api, "POST", url, headers, content)
         except httpx.HTTPError as exc:
             raise _network_error(name, exc) from exc
         _check_status(name, response)
@@ -315,31 +362,52 @@ class HotTaskClient:
         self,
         client: httpx.Client,
         method: str,
-        url: httpx.URL | str,
+        url: httpx.URL,
         headers: list[tuple[bytes, bytes]],
-        **body: Any,
-    ) -> httpx.Response:
+        content: bytes | Iterator[bytes],
+    ) -> _Answer:
         """Sends one request through ``client``'s connection pool (or the proxy it mounts
         for the URL); returns the answer, read in full, its connection handed back.
+        ``headers`` are sent as given (Content-Length among them), after Host.
 
-        The request goes to the transport itself: httpx.Client.send's own work per call
-        (auth flow, redirects, cookies, hooks), none of which this API uses, costs a
-        quarter of the CPU of a call on loopback (bench/README, "httpx's transport").
+        The request goes to the transport's connection pool itself: httpx.Client.send's
+        own work per call (auth flow, redirects, cookies, hooks), none of which this API
+        uses, costs a quarter of the CPU of a call on loopback, and building httpx's
+        Request and Response around httpcore's a quarter of the rest (bench/README,
+        "httpx's transport", "httpcore's pool").
         """
         if client.is_closed:
             raise RuntimeError("the HotTask client is closed")
-        request = httpx.Request(method, url, headers=headers, extensions=self._extensions, **body)
+        headers = [(b"Host", url.netloc), *headers]
         # Private in httpx 0.27 and 0.28 (the pinned range); a test fails if it goes.
-        transport = client._transport_for_url(request.url)
-        response = transport.handle_request(request)
-        response.request = request
-        try:
-            response.read()
-        finally:
-            response.close()
-        return response
+        transport = client._transport_for_url(url)
+        if not isinstance(transport, httpx.HTTPTransport):
+            # Another transport (a test's MockTransport, say): through httpx's own models.
+            request = httpx.Request(
+                method, url, headers=headers, content=content, extensions=self._extensions
+            )
+            response = transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+            return _Answer(response.status_code, response.headers.raw, response.content)
+        target = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        sent = httpcore.Request(
+            method, target, headers=headers, content=content, extensions=self._extensions
+        )
+        with map_httpcore_exceptions():
+            # ``_pool``: private in httpx 0.27 and 0.28, as above.
+            answer = transport._pool.handle_request(sent)
+            try:
+                body = answer.read()
+            finally:
+                answer.close()
+            return _Answer(answer.status, answer.headers, _decoded(answer.headers, body))
 
-    def _check_put(self, response: httpx.Response) -> None:
+    def _check_put(self, response: _Answer) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -371,9 +439,9 @@ def _network_error(what: str, exc: httpx.HTTPError) -> TransientError:
     return TransientError(f"{what}: {type(exc).__name__}: {detail}", maybe_applied=not never_sent)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: _Answer) -> float | None:
     """Returns the Retry-After header in seconds (delta or HTTP date), or None."""
-    value = response.headers.get("Retry-After")
+    value = response.header("Retry-After")
     if not value:
         return None
     try:
@@ -387,7 +455,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _check_status(name: str, response: httpx.Response) -> None:
+def _check_status(name: str, response: _Answer) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
@@ -400,7 +468,7 @@ def _check_status(name: str, response: httpx.Response) -> None:
     raise PermanentError(what, status=status)
 
 
-def _envelope_message(response: httpx.Response) -> str:
+def _envelope_message(response: _Answer) -> str:
     try:
         body = response.json()
     except ValueError:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from hottask_sync.client import CHUNK_SIZE, HotTaskClient, Ticket
-from hottask_sync.emulator import Emulator
-from hottask_sync.errors import AuthError, UrlExpired
+from hottask_sync.emulator import Emulator, Faults
+from hottask_sync.errors import AuthError, TransientError, UrlExpired
 from tests.fakes import FakeClock
 
 KEY = "client-test-key"
@@ -56,14 +56,18 @@ def upload(client: HotTaskClient, path: Path) -> Ticket:
     return ticket
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["pool", "recorded"])
 @pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 17])
 def test_full_upload_is_byte_for_byte_and_never_chunked(
-    size: int, tmp_path: Path, emu: Emulator
+    size: int, recorded: bool, tmp_path: Path, emu: Emulator
 ) -> None:
+    """Through httpx's connection pool (the emulator refuses a chunked PUT, one without a
+    Content-Length and one with an Authorization header, as S3 does), and through a
+    transport that records the PUT's headers (httpx's own request models)."""
     data = os.urandom(size)
     path = tmp_path / "photo & co.jpg"
     path.write_bytes(data)
-    put_transport = RecordingTransport()
+    put_transport = RecordingTransport() if recorded else None
     with HotTaskClient(emu.base_url, KEY, put_transport=put_transport) as client:
         ticket = upload(client, path)
 
@@ -73,6 +77,8 @@ def test_full_upload_is_byte_for_byte_and_never_chunked(
     assert info.size == size
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert info.stored_path is not None and info.stored_path.read_bytes() == data
+    if put_transport is None:
+        return
     [(method, headers)] = put_transport.requests
     assert method == "PUT"
     assert "transfer-encoding" not in headers
@@ -119,6 +125,26 @@ def test_expired_url_raises_url_expired(tmp_path: Path) -> None:
         tickets = emu.tickets()
     assert tickets[fresh.file_store_id].put_count == 1
     assert tickets[stale.file_store_id].put_count == 0
+
+
+def test_a_429_through_the_pool_is_transient_with_its_retry_after(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    path = tmp_path / "busy.txt"
+    path.write_bytes(b"busy")
+    with HotTaskClient(emu.base_url, KEY) as client:
+        ticket = client.get_upload_url("busy.txt")
+        emu.faults = Faults(rate_429=1.0, retry_after=2)
+        with pytest.raises(TransientError, match="HTTP 429") as api:
+            client.get_upload_url("busy.txt")
+        emu.faults = Faults(rate_429=1.0, retry_after=0.5)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(TransientError, match="HTTP 429") as put:
+                client.put(ticket, fd, 4)
+        finally:
+            os.close(fd)
+    assert (api.value.retry_after, put.value.retry_after) == (2.0, 0.5)
 
 
 def test_wrong_key_raises_auth_error(tmp_path: Path, emu: Emulator) -> None:
