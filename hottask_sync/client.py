@@ -340,9 +340,9 @@ class HotTaskClient:
     def _call(self, path: str, payload: dict[str, Any]) -> Any:
         name = path.rsplit("/", 1)[-1]
         url = self._endpoints[path]
-        # As httpx encodes json=: compact, UTF-8 (upload_name keeps it valid).
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        content = body.encode("utf-8")
+        # Compact, and ASCII: a FileStoreId the service sent with a lone surrogate in it
+        # is escaped rather than failing to encode.
+        content = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("ascii")
         headers = [*self._api_headers, (b"Content-Length", str(len(content)).encode())]
         try:
             response = self._send(self._api, "POST", url, headers, content)
@@ -381,8 +381,9 @@ class HotTaskClient:
         headers = [(b"Host", url.netloc), *headers]
         # Private in httpx 0.27 and 0.28 (the pinned range); a test fails if it goes.
         transport = client._transport_for_url(url)
-        if not isinstance(transport, httpx.HTTPTransport):
-            # Another transport (a test's MockTransport, say): through httpx's own models.
+        if type(transport) is not httpx.HTTPTransport:
+            # Another transport (a test's MockTransport, a subclass with a handle_request of
+            # its own): through httpx's own models.
             request = httpx.Request(
                 method, url, headers=headers, content=content, extensions=self._extensions
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hottask_sync.client import HotTaskClient
-from hottask_sync.errors import TransientError
+from hottask_sync.errors import PermanentError, TransientError
 
 KEY = "wire-test-key"
 
@@ -23,14 +23,20 @@ KEY = "wire-test-key"
 class _Service(BaseHTTPRequestHandler):
     """The three calls, answered as the API page says; records what each request carried.
     With ``gzip`` set, the JSON answers come gzip-encoded (as a server may send them to a
-    client that accepts gzip)."""
+    client that accepts gzip). ``broken`` lists how the next API answers go wrong, one
+    per call: "truncated" (the connection closed half-way through the body) or
+    "bad-gzip" (a body that says gzip and is not)."""
 
     protocol_version = "HTTP/1.1"
     seen: list[tuple[str, str, dict[str, str], bytes]]
     gzip = False
+    broken: list[str]
 
     def do_POST(self) -> None:
         body = self._body()
+        if self.broken:
+            self._break(self.broken.pop(0))
+            return
         if "PreUpload" in self.path:
             put_url = f"http://127.0.0.1:{self.server.server_address[1]}/bucket/a.txt?sig=abc"
             data: object = {"FileStoreId": "34317", "PreUploadUrl": put_url}
@@ -41,6 +47,19 @@ class _Service(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._answer(b"", self._body(), encode=False)
+
+    def _break(self, how: str) -> None:
+        self.send_response(200)
+        if how == "truncated":
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"Data": ')
+            self.close_connection = True
+        else:
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"not gz!")
 
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -62,12 +81,17 @@ class _Service(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a PUT the client aborted half-way: nothing to answer
+
+
 def _serve(
-    gzip_answers: bool,
+    gzip_answers: bool, broken: list[str] | None = None
 ) -> Iterator[tuple[str, list[tuple[str, str, dict[str, str], bytes]]]]:
     seen: list[tuple[str, str, dict[str, str], bytes]] = []
-    handler = type("Service", (_Service,), {"seen": seen, "gzip": gzip_answers})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    attrs = {"seen": seen, "gzip": gzip_answers, "broken": broken if broken is not None else []}
+    server = _Server(("127.0.0.1", 0), type("Service", (_Service,), attrs))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -152,3 +176,57 @@ def test_a_refused_connection_is_transient_and_never_sent() -> None:
     ):
         client.get_upload_url("a.txt")
     assert caught.value.maybe_applied is False
+
+
+def test_broken_answers_are_transient_and_every_connection_goes_back_to_the_pool() -> None:
+    """Errors while an answer is read are httpx's (so transient), and every call, failed or
+    not, hands its connection back: with two connections, the calls after them still go
+    (a connection kept would leave the daemon waiting for the pool, then failing)."""
+    broken = ["truncated", "bad-gzip", "truncated"]
+    served = _serve(gzip_answers=False, broken=broken)
+    base_url, seen = next(served)
+    try:
+        with HotTaskClient(base_url, KEY, max_connections=2, timeout=5) as client:
+            for cause in ("RemoteProtocolError", "DecodingError", "RemoteProtocolError"):
+                with pytest.raises(TransientError, match=cause):
+                    client.get_upload_url("a.txt")
+            for _ in range(5):
+                assert client.report_success("34317") is True
+    finally:
+        served.close()
+    assert broken == [] and len(seen) == 5
+
+
+class Refused(Exception):
+    """Raised by a chunk callback (the daemon's shutdown, its bandwidth cut-off)."""
+
+
+def test_a_put_cut_short_raises_its_own_error_and_hands_its_connection_back(
+    tmp_path: Path, service: tuple[str, list[tuple[str, str, dict[str, str], bytes]]]
+) -> None:
+    base_url, seen = service
+    path = tmp_path / "three-chunks.bin"
+    path.write_bytes(os.urandom(3000))
+    sent: list[int] = []
+
+    def refuse_second(chunk: bytes) -> None:
+        sent.append(len(chunk))
+        if len(sent) == 2:
+            raise Refused()
+
+    with HotTaskClient(base_url, KEY, max_connections=1, timeout=5) as client:
+        ticket = client.get_upload_url("three-chunks.bin")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(Refused):
+                client.put(ticket, fd, 3000, on_chunk=refuse_second, chunk_size=1000)
+            with pytest.raises(PermanentError, match="shrank to 3000 bytes"):
+                client.put(ticket, fd, 4500, chunk_size=1000)  # the file is shorter
+            client.put(ticket, fd, 3000, chunk_size=1000)
+        finally:
+            os.close(fd)
+        assert client.report_success(ticket.file_store_id) is True
+    assert [(method, body) for method, _, _, body in seen[-2:]] == [
+        ("PUT", path.read_bytes()),
+        ("POST", b'{"fileStoreID":"34317"}'),
+    ]

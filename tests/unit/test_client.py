@@ -126,6 +126,25 @@ def test_report_success() -> None:
     assert json.loads(request.content) == {"fileStoreID": "123"}
 
 
+def test_a_file_store_id_with_a_lone_surrogate_is_reported_escaped() -> None:
+    """JSON may carry a lone surrogate ("\\udc80"); reported back, it is escaped, never
+    a UnicodeEncodeError (a crashed upload, retried a minute later, for ever)."""
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if request.url.path.endswith("GetPreUploadUrl"):
+            data = b'{"FileStoreId": "7\\udc80", "PreUploadUrl": "%s"}' % PRESIGNED.encode()
+            return httpx.Response(200, content=b'{"Success": true, "Code": 200, "Data": %s}' % data)
+        return httpx.Response(200, json=envelope(True))
+
+    with make_client(handler) as client:
+        fsid = client.get_upload_url("a.txt").file_store_id
+        assert fsid == "7\udc80"
+        assert client.report_success(fsid) is True
+    assert bodies[1] == b'{"fileStoreID":"7\\udc80"}'
+
+
 def test_with_key_sends_the_new_key_and_leaves_the_old_client_alone() -> None:
     keys: list[str] = []
 
