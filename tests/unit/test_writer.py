@@ -186,9 +186,12 @@ def test_the_disk_is_judged_by_the_quickest_of_the_last_synced_commits(
     for step in steps:
         clock.step = step
         synced(writer)
-    with commit_under_way(writer):
-        pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
-        assert pending.done is quick
+    writer._leading = True  # another thread's turn, between two of its commits
+    pending = writer.submit(lambda led: led.mark_ticketed(F, "a", SIG, "fs-a"))
+    assert pending.done is quick  # committed at once, or left to that turn
+    writer._leading = False
+    writer.stop(10)
+    assert pending.done and pending.error is None
 
 
 class WatchedLock:
