@@ -39,8 +39,9 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-# Private in httpx 0.27 and 0.28 (the pinned range): httpcore's errors as httpx's, as the
-# transport itself maps them. A test fails if it goes.
+# httpcore's errors as httpx's, as the transport itself maps them. This and the two other
+# private names _send uses (Client._transport_for_url, HTTPTransport._pool) exist in httpx
+# 0.27 and 0.28, the pinned range; the import fails, or a wire test does, if one goes.
 from httpx._transports.default import map_httpcore_exceptions
 
 from . import __version__
@@ -379,8 +380,7 @@ class HotTaskClient:
         if client.is_closed:
             raise RuntimeError("the HotTask client is closed")
         headers = [(b"Host", url.netloc), *headers]
-        # Private in httpx 0.27 and 0.28 (the pinned range); a test fails if it goes.
-        transport = client._transport_for_url(url)
+        transport = client._transport_for_url(url)  # private: see the imports
         if type(transport) is not httpx.HTTPTransport:
             # Another transport (a test's MockTransport, a subclass with a handle_request of
             # its own): through httpx's own models.
@@ -400,8 +400,7 @@ class HotTaskClient:
             method, target, headers=headers, content=content, extensions=self._extensions
         )
         with map_httpcore_exceptions():
-            # ``_pool``: private in httpx 0.27 and 0.28, as above.
-            answer = transport._pool.handle_request(sent)
+            answer = transport._pool.handle_request(sent)  # private: see the imports
             try:
                 body = answer.read()
             finally:
