@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -87,11 +87,29 @@ def _redact_value(value: Any) -> Any:
     return redact_text(str(value))
 
 
+#: Values that cannot hold a secret: left as they are without a look.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog processor: redacts every field of the event (runs after exception formatting)."""
     for key, value in event_dict.items():
-        event_dict[key] = _redact_value(value)
+        kind = type(value)
+        if kind is str:
+            event_dict[key] = redact_text(value)
+        elif kind not in _PLAIN:
+            event_dict[key] = _redact_value(value)
     return event_dict
+
+
+#: Made once: json.dumps with any argument builds an encoder per call. Every value is plain
+#: by then (redact made the others text); repr is only a safety net.
+_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """structlog processor: the event as one JSON object."""
+    return _ENCODER.encode(event_dict)
 
 
 def _drop_stdlib_noise(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -108,47 +126,135 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
     return fmt
 
 
+#: Lines below this level are dropped before any processor runs (set by :func:`set_level`).
+_min_level = logging.NOTSET
+
+
+class _Output:
+    """The stream every line goes to, one whole line at a time (structlog's and stdlib's
+    alike, behind one lock)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class _LineLogger:
+    """structlog's final logger: writes the rendered line, whatever the level's name."""
+
+    __slots__ = ("critical", "debug", "error", "info", "msg", "name", "warning")
+
+    def __init__(self, name: str, output: _Output) -> None:
+        self.name = name  # for add_logger_name
+        write = output.write
+        self.msg = self.debug = self.info = self.warning = self.error = self.critical = write
+
+
+class _LineLoggers:
+    """structlog's logger factory: one :class:`_LineLogger` per name, made once."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
+        self._made: dict[str, _LineLogger] = {}
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        name = args[0] if args else "hottask_sync"
+        made = self._made.get(name)
+        if made is None:
+            made = self._made.setdefault(name, _LineLogger(name, self._output))
+        return made
+
+
+def _at(level: int, method: str) -> Callable[..., Any]:
+    def log_at(self: _BoundLogger, event: str | None = None, **kw: Any) -> Any:
+        if level < _min_level:
+            return None
+        return self._proxy_to_logger(method, event, **kw)
+
+    log_at.__name__ = method
+    return log_at
+
+
+class _BoundLogger(structlog.BoundLoggerBase):
+    """The loggers' methods, each dropping a line below the level before anything else."""
+
+    debug = _at(logging.DEBUG, "debug")
+    info = _at(logging.INFO, "info")
+    warning = _at(logging.WARNING, "warning")
+    error = _at(logging.ERROR, "error")
+    critical = _at(logging.CRITICAL, "critical")
+
+    def exception(self, event: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self.error(event, **kw)
+
+
+class _Handler(logging.Handler):
+    """The stdlib's lines (httpx, watchdog) formatted as structlog's, on the same output."""
+
+    def __init__(self, output: _Output, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.stream = output.stream
+        self._output = output
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._output.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Sends every log line (structlog and stdlib) through one handler on ``stream``."""
+    """Sends every log line (structlog and stdlib) through one writer on ``stream``.
+
+    structlog's lines go straight to it: no stdlib LogRecord, handler lock or logger
+    lookup per line (bench/README: under row 1's load that path cost a fifth of a file's
+    CPU over the bare httpx loop). The stdlib's go through a handler to the same writer.
+    """
     stream = stream or sys.stdout
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+    output = _Output(stream)
+    stamp: list[Any] = [
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.stdlib.ExtraAdder(),
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    stamp_time = structlog.processors.TimeStamper(fmt="iso", utc=True)
     renderer: Any
     if resolve_format(fmt, stream) == "json":
-        # format_exc_info renders a plain traceback string: no local variables in it.
-        tail: list[Any] = [structlog.processors.format_exc_info, redact]
-        renderer = structlog.processors.JSONRenderer()
+        renderer = _render_json
     else:
-        # The traceback is rendered to a string before redact, or the secret would leak.
-        tail = [structlog.processors.format_exc_info, redact]
         renderer = structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
+    # format_exc_info renders a plain traceback string (no local variables in it), before
+    # redact, or the secret would leak through it.
+    tail: list[Any] = [structlog.processors.format_exc_info, redact]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Redacted before the level, the logger's name and the time are added: they hold
+        # nothing to redact (the keys' order in a line is the same either way).
+        processors=[structlog.contextvars.merge_contextvars, *tail, *stamp, stamp_time, renderer],
+        logger_factory=_LineLoggers(output),
+        wrapper_class=_BoundLogger,
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            *stamp,
+            structlog.stdlib.ExtraAdder(),
+            stamp_time,
+        ],
         processors=[_drop_stdlib_noise, *tail, renderer],
     )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(_Handler(output, formatter))
     set_level(level)
     threading.excepthook = _log_thread_crash
     # httpx logs every request with its full URL at INFO: the presigned signature would leak.
@@ -170,7 +276,9 @@ def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
 
 def set_level(level: str) -> None:
     """Sets the level of every log line (on reload too)."""
-    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
+    global _min_level
+    _min_level = getattr(logging, level.upper(), logging.INFO)
+    logging.getLogger().setLevel(_min_level)
 
 
 def get_logger(name: str = "hottask_sync") -> Any:

@@ -147,6 +147,26 @@ def test_level_filters_structlog_and_stdlib() -> None:
     assert json_lines(stream)[-1]["event"] == "now visible"
 
 
+def test_a_line_below_the_level_runs_no_processor() -> None:
+    """A filtered debug line costs a level check, not the processors' work (they redact
+    and render every field): row 1 logs a debug line per file (bench/README)."""
+    configured(level="info")
+    seen: list[str] = []
+
+    def spy(_logger: Any, _method: str, event_dict: Any) -> Any:
+        seen.append(event_dict["event"])
+        return event_dict
+
+    structlog.get_config()["processors"].insert(0, spy)
+    log = logs.get_logger("hottask_sync.test")
+    log.debug("upload.started", path="a.pdf")
+    log.info("upload.succeeded", path="a.pdf")
+    assert seen == ["upload.succeeded"]
+    logs.set_level("debug")
+    log.debug("upload.started", path="b.pdf")
+    assert seen == ["upload.succeeded", "upload.started"]
+
+
 def test_configure_twice_keeps_one_handler() -> None:
     configured()
     stream = configured()
