@@ -190,12 +190,16 @@ class Held:
     (or use it as a context manager) to release all three.
     """
 
-    def __init__(self, root_fd: int, dir_fd: int, fd: int, relpath: str) -> None:
+    def __init__(
+        self, root_fd: int, dir_fd: int, fd: int, relpath: str, st: os.stat_result
+    ) -> None:
         self.root_fd = root_fd
-        self.dir_fd = dir_fd
+        self.dir_fd = dir_fd  # root_fd itself for a file directly in the folder
         self.fd = fd
         self.relpath = relpath
         self.name = relpath.rsplit("/", 1)[-1]
+        #: ``fstat`` of ``fd`` as it was opened.
+        self.st = st
 
     def current_sig(self) -> FileSig | None:
         """Resolves the path afresh beneath the folder; returns the signature of the
@@ -203,10 +207,8 @@ class Held:
         return regular_sig(self.root_fd, self.relpath)
 
     def close(self) -> None:
-        """Closes the three descriptors (idempotent)."""
-        for fd in (self.fd, self.dir_fd, self.root_fd):
-            if fd >= 0:
-                os.close(fd)
+        """Closes the descriptors (idempotent)."""
+        _close(self.fd, self.dir_fd, self.root_fd)
         self.fd = self.dir_fd = self.root_fd = -1
 
     def __enter__(self) -> Held:
@@ -266,15 +268,24 @@ def open_dir(root_fd: int, reldir: str, *, create: bool = False) -> int:
     return fd
 
 
+def _close(fd: int, dir_fd: int, root_fd: int) -> None:
+    """Closes a file's descriptor, its folder's and the watched folder's (those that are
+    open: >= 0), the folder's only when it is not the watched folder's itself."""
+    for held in (fd, dir_fd if dir_fd != root_fd else -1, root_fd):
+        if held >= 0:
+            os.close(held)
+
+
 def _open_parent(root_fd: int, relpath: str) -> tuple[int, str]:
-    """Returns (descriptor of the folder holding ``relpath``, the file's name in it)."""
+    """Returns (descriptor of the folder holding ``relpath``, the file's name in it). For a
+    file directly in the folder, that is ``root_fd`` itself: close it with :func:`_close`."""
     parts = _parts(relpath)
     if not parts:
         raise NotRegular(NOT_REGULAR)  # the folder itself
     _step("")
     parent = "/".join(parts[:-1])
     if not parent:
-        return os.dup(root_fd), parts[-1]
+        return root_fd, parts[-1]
     try:
         fd = _open(root_fd, parent, _DIR_FLAGS)
     except OSError as exc:
@@ -296,18 +307,19 @@ def open_regular(folder: str | os.PathLike[str], relpath: str) -> Held:
     try:
         dir_fd, name = _open_parent(root_fd, relpath)
         try:
-            fd = _open(dir_fd, name, _FILE_FLAGS)
+            # One name in its folder: O_NOFOLLOW refuses a link there (ELOOP), as openat2's
+            # RESOLVE_NO_SYMLINKS would, with a plain openat instead of a ctypes call.
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
             raise _translate(exc, relpath, leaf=True) from None
         _step(relpath)
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
             raise NotRegular(NOT_REGULAR)
     except BaseException:
-        for held in (fd, dir_fd, root_fd):
-            if held >= 0:
-                os.close(held)
+        _close(fd, dir_fd, root_fd)
         raise
-    return Held(root_fd, dir_fd, fd, relpath)
+    return Held(root_fd, dir_fd, fd, relpath, st)
 
 
 def regular_sig(root_fd: int, relpath: str) -> FileSig | None:
@@ -323,7 +335,8 @@ def regular_sig(root_fd: int, relpath: str) -> FileSig | None:
     except OSError:
         return None
     finally:
-        os.close(dir_fd)
+        if dir_fd != root_fd:
+            os.close(dir_fd)
     return FileSig.from_stat(st) if stat_mod.S_ISREG(st.st_mode) else None
 
 

@@ -278,7 +278,7 @@ class Uploader(_FailureRules):
     def _with_file(self, run: _Run, held: Held, entry: Entry | None) -> Result | Handoff:
         job = run.job
         folder = job.folder
-        st = os.fstat(held.fd)
+        st = held.st
         sig = FileSig.from_stat(st)
         if job.settled is not None and not job.settled.same_version(sig):
             # Changed since it settled (a writer still writing, say): never uploaded,
@@ -473,7 +473,7 @@ def _dispose_resumed(job: Job, sig: FileSig, ledger: LedgerOps, ctx: dict[str, A
     except (OSError, NotRegular):
         return  # nothing of ours there to move or delete
     with held:
-        if not sig.same_version(FileSig.from_stat(os.fstat(held.fd))):
+        if not sig.same_version(FileSig.from_stat(held.st)):
             return
         reported = ledger.get(job.folder.key, job.relpath)
         if reported is not None:

@@ -309,3 +309,24 @@ def test_no_descriptor_leaks(mode: str, tree: Path) -> None:
     held.close()
     held.close()  # idempotent
     assert open_fds() == before
+
+
+def test_a_file_directly_in_the_folder_holds_two_descriptors_not_three(
+    mode: str, tree: Path
+) -> None:
+    """Its folder is the watched folder: held once, not duplicated (a report stage holds
+    one Held per file waiting; the descriptors are a bounded resource), and closed once."""
+    inbox = tree / "inbox"
+    before = open_fds()
+    held = beneath.open_regular(inbox, "other.txt")
+    assert open_fds() == before + 2
+    assert held.dir_fd == held.root_fd
+    assert os.stat("other.txt", dir_fd=held.dir_fd).st_size == 5
+    assert held.current_sig() is not None
+    assert open_fds() == before + 2  # current_sig left nothing open
+    held.close()
+    assert open_fds() == before
+    nested = beneath.open_regular(inbox, "a/d/x.txt")
+    assert open_fds() == before + 3  # the file, its folder a/d, the watched folder
+    nested.close()
+    assert open_fds() == before
