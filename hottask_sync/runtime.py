@@ -82,7 +82,7 @@ class Runtime:
         self.signals = Signals(self._wake.set)
         self.pool = WorkerPool(
             lambda job: self.uploader.run(job),
-            self._wake.set,
+            self._wake_up,
             finish=lambda handoff: self.uploader.finish(handoff),
         )
         self.watches = fs.FolderWatches(
@@ -285,6 +285,13 @@ class Runtime:
     def _nap(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
+
+    def _wake_up(self) -> None:
+        """Wakes the main loop (a worker's result). An event still set is left as it is:
+        set() takes the event's lock every time, two results a file from up to 24 threads;
+        and the loop looks at every result after it clears the event (see _nap)."""
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _settle_results(self) -> None:
         """While stopping: takes results in without acting on them (a hand-off to the report
