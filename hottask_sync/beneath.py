@@ -4,7 +4,8 @@ A watched folder (or a ``move_to`` folder) is opened once as a directory descrip
 path inside it is then resolved relative to that descriptor, so that no component of it
 can be a symbolic link, not even one swapped in while we resolve: ``openat2`` with
 ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`` where the kernel has it (Linux 5.6+), else a walk
-of ``O_NOFOLLOW | O_DIRECTORY`` opens, one component at a time, from the folder's descriptor.
+of ``O_NOFOLLOW | O_DIRECTORY`` opens, one component at a time, from the folder's descriptor;
+the file itself, one name in the folder so reached, is opened with ``O_NOFOLLOW``.
 What is found is then checked with ``fstat`` on the descriptor (never by name again), and
 unlinked or renamed relative to the descriptor of the folder that holds it (``dir_fd=``).
 
@@ -186,8 +187,9 @@ class Held:
 
     ``fd`` reads the file; ``dir_fd`` (an O_PATH descriptor) is the folder holding it under
     ``name``: later unlinks and renames go through it, so they stay where the file was
-    found whatever is swapped in above. ``root_fd`` is the watched folder itself. Close it
-    (or use it as a context manager) to release all three.
+    found whatever is swapped in above. ``root_fd`` is the watched folder itself (and
+    ``dir_fd`` too, for a file directly in it). Close it (or use it as a context manager) to
+    release them; never close one of them on its own.
     """
 
     def __init__(

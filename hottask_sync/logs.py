@@ -7,6 +7,7 @@ rendering removes the API key and presigned query strings from every field.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -140,8 +141,26 @@ class _Output:
 
     def write(self, line: str) -> None:
         with self._lock:
-            self.stream.write(line + "\n")
+            try:
+                self.stream.write(line + "\n")
+            except UnicodeEncodeError:
+                # A name the stream's encoding cannot hold (bytes that are not UTF-8 in a
+                # file name, kept by os.fsdecode as surrogates): escaped, not lost.
+                encoding = getattr(self.stream, "encoding", None) or "utf-8"
+                safe = line.encode(encoding, "backslashreplace").decode(encoding)
+                self.stream.write(safe + "\n")
             self.stream.flush()
+
+
+def _not_written(event: object, exc: BaseException) -> None:
+    """Says on stderr (redacted, one line) that a log line could not be written; never
+    raises: a log call must not fail the work it reports on (as logging's handleError)."""
+    with contextlib.suppress(Exception):  # stderr is broken too: nowhere left to say it
+        print(
+            redact_text(f"hottask-sync: log line {event!r} not written: {exc!r}"),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _LineLogger:
@@ -174,7 +193,11 @@ def _at(level: int, method: str) -> Callable[..., Any]:
     def log_at(self: _BoundLogger, event: str | None = None, **kw: Any) -> Any:
         if level < _min_level:
             return None
-        return self._proxy_to_logger(method, event, **kw)
+        try:
+            return self._proxy_to_logger(method, event, **kw)
+        except Exception as exc:  # a closed or broken stream, a field whose str() fails
+            _not_written(event, exc)
+            return None
 
     log_at.__name__ = method
     return log_at
@@ -206,8 +229,8 @@ class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._output.write(self.format(record))
-        except Exception:
-            self.handleError(record)
+        except Exception as exc:  # not handleError: it prints the record unredacted
+            _not_written(record.msg, exc)
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -233,11 +256,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         )
     # format_exc_info renders a plain traceback string (no local variables in it), before
     # redact, or the secret would leak through it.
-    tail: list[Any] = [structlog.processors.format_exc_info, redact]
+    tail: list[Any] = [structlog.processors.format_exc_info, redact, renderer]
     structlog.configure(
-        # Redacted before the level, the logger's name and the time are added: they hold
-        # nothing to redact (the keys' order in a line is the same either way).
-        processors=[structlog.contextvars.merge_contextvars, *tail, *stamp, stamp_time, renderer],
+        processors=[structlog.contextvars.merge_contextvars, *stamp, stamp_time, *tail],
         logger_factory=_LineLoggers(output),
         wrapper_class=_BoundLogger,
         cache_logger_on_first_use=False,
@@ -249,7 +270,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             structlog.stdlib.ExtraAdder(),
             stamp_time,
         ],
-        processors=[_drop_stdlib_noise, *tail, renderer],
+        processors=[_drop_stdlib_noise, *tail],
     )
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -315,3 +315,37 @@ def test_auto_format_follows_the_stream() -> None:
     logs.configure(fmt="auto", stream=pipe)
     logs.get_logger().info("hello")
     assert json_lines(pipe)[0]["event"] == "hello"
+
+
+# --- a line that cannot be written ---------------------------------------------------------
+
+
+def test_a_name_the_stream_cannot_encode_is_written_escaped() -> None:
+    """A file name with bytes that are not UTF-8 (kept as surrogates by os.fsdecode), on a
+    strict UTF-8 terminal in console format: the line is written, escaped; the call returns."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    logs.configure(fmt="console", stream=stream)
+    logs.get_logger("hottask_sync.test").info("upload.succeeded", path="caf\udce9.pdf")
+    logging.getLogger("watchdog").warning("event for caf\udce9.pdf")
+    text = raw.getvalue().decode("utf-8")
+    assert "upload.succeeded" in text and "path=caf\\udce9.pdf" in text
+    assert "event for caf\\udce9.pdf" in text
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_broken_stream_never_fails_the_caller(capsys: pytest.CaptureFixture[str]) -> None:
+    """Output piped into a reader that went away: the work goes on, and stderr says which
+    line was lost (redacted), as logging's own handler did."""
+    logs.configure(fmt="json", stream=BrokenStream())
+    logs.set_secrets([SECRET])
+    logs.get_logger("hottask_sync.test").info("upload.succeeded", path="a.pdf")
+    logging.getLogger("watchdog").warning("overflow %s", SECRET)
+    err = capsys.readouterr().err
+    assert "'upload.succeeded' not written" in err and "BrokenPipeError" in err
+    assert "'overflow %s' not written" in err
+    assert SECRET not in err and len(err.splitlines()) == 2
