@@ -176,9 +176,14 @@ class Watcher:
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                         raise
+                    # watchdog (7.1.1 on) refuses the whole folder when a subfolder cannot
+                    # be watched as it starts; the one that could not is named.
+                    with self._blind_lock:
+                        where = self._blind.get(folder.key, str(folder.path))
                     log.error(
                         "watch.limit_reached",
                         folder=folder.key,
+                        path=where,
                         error=exc.strerror,
                         hint="raise fs.inotify.max_user_watches (and max_user_instances), "
                         "e.g. sysctl fs.inotify.max_user_watches=524288; polling this "

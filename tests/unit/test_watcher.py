@@ -216,14 +216,17 @@ def _limit_below(monkeypatch: pytest.MonkeyPatch, name: bytes) -> None:
 def test_a_subfolder_inotify_could_not_watch_is_reported(
     tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """watchdog swallows errors below a folder's root: the folder would say "inotify" while
-    files in that subfolder wait for a rescan (forever with rescan_seconds = 0)."""
+    """As it starts watching, watchdog refuses a folder with a subfolder it cannot watch: the
+    folder is polled (its files are all seen), and the error names the subfolder."""
     (tmp_path / "ok").mkdir()
     (tmp_path / "deep" / "er").mkdir(parents=True)
     _limit_below(monkeypatch, b"deep")
-    assert watcher.add(FolderConfig(path=tmp_path)) == "inotify"
-    assert watcher.blind() == {str(tmp_path): str(tmp_path / "deep")}
-    assert watcher.blind() == {}  # reported once
+    with structlog.testing.capture_logs() as logs:
+        assert watcher.add(FolderConfig(path=tmp_path)) == "polling"
+    [error] = [e for e in logs if e["event"] == "watch.limit_reached"]
+    assert error["path"] == str(tmp_path / "deep")
+    assert "fs.inotify.max_user_watches" in error["hint"]
+    assert watcher.blind() == {}  # polled whole: nothing below it is blind
 
 
 def test_a_subfolder_made_later_that_cannot_be_watched_is_reported(
@@ -254,14 +257,11 @@ def test_the_folder_keeper_polls_a_folder_with_an_unwatched_subfolder(
     try:
         with structlog.testing.capture_logs() as logs:
             keeper.start([FolderConfig(path=inbox)])
-            wait_for(lambda: len(scans) >= 2, what="the startup scan, then the polled folder's")
+            wait_for(lambda: scans, what="the startup scan")
         [error] = [e for e in logs if e["event"] == "watch.limit_reached"]
         assert error["path"] == str(inbox / "deep")
         assert "fs.inotify.max_user_watches" in error["hint"]
-        assert [e["mode"] for e in logs if e["event"] == "folder.watching"] == [
-            "inotify",
-            "polling",
-        ]
+        assert [e["mode"] for e in logs if e["event"] == "folder.watching"] == ["polling"]
         (inbox / "deep" / "late.txt").write_bytes(b"seen by polling")
         wait_for(
             lambda: any(h[1].endswith("late.txt") for h in recorder.hints),
