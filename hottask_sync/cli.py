@@ -11,15 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs, oneshot, proof
+from . import __version__, logs
 from .client import HotTaskClient
 from .config import Config, load_config, resolve_api_key
 from .errors import LedgerError, UserError
-from .example import EXAMPLE_CONFIG
 from .folders import check_folders
 from .ledger import LEDGER_FILENAME, Ledger
 from .runtime import run_daemon
 from .statedir import check_filesystem, daemon_pid
+
+# What only one command needs (oneshot, proof, example, the emulator) is imported when that
+# command runs: the daemon's start-up does not pay for it.
 
 PROG = "hottask-sync"
 
@@ -113,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    from . import oneshot
+
     config = load_config(args.config)
     key = resolve_api_key(config.api)
     logs.set_secrets([key.value])
@@ -204,6 +208,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_files(config: Config, names: list[str], *, as_json: bool) -> int:
     """Prints what the ledger says about each named file; returns 1 unless every one is
     uploaded in its current version."""
+    from . import proof
+
     ledger = _open_ledger(config, readonly=True)
     try:
         proofs = proof.prove(names, ledger, config.folders, lambda name: _locate(config, name))
@@ -313,6 +319,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from .example import EXAMPLE_CONFIG
+
     path = Path(args.path)
     try:
         with path.open("x", encoding="utf-8") as fh:

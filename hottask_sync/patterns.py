@@ -16,8 +16,10 @@ import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pathspec import GitIgnoreSpec
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 #: Names that are still being written by someone else, or are editor/OS litter.
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~")
@@ -103,12 +105,18 @@ def pattern_problem(pattern: str) -> str | None:
 
 
 def _spec(patterns: Iterable[str]) -> GitIgnoreSpec:
+    # Imported at first use: a daemon whose folders have no globs never needs it (start-up).
+    from pathspec import GitIgnoreSpec
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return GitIgnoreSpec.from_lines([_gitignore_line(p) for p in patterns])
 
 
-def _compile(patterns: tuple[str, ...]) -> GitIgnoreSpec:
+def _compile(patterns: tuple[str, ...]) -> GitIgnoreSpec | None:
+    """Returns the spec of the globs, or None when there are none."""
+    if not patterns:
+        return None
     for pattern in patterns:
         if (problem := pattern_problem(pattern)) is not None:
             raise PatternError(pattern, problem)
@@ -133,8 +141,8 @@ class Selector:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    _inc: GitIgnoreSpec = field(init=False, repr=False, compare=False)
-    _exc: GitIgnoreSpec = field(init=False, repr=False, compare=False)
+    _inc: GitIgnoreSpec | None = field(init=False, repr=False, compare=False)
+    _exc: GitIgnoreSpec | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_inc", _compile(self.include))
@@ -147,17 +155,17 @@ class Selector:
 
     def excluded(self, relpath: str) -> bool:
         """Returns True when an exclude glob matches the path or one of its folders."""
-        return bool(self.exclude) and self._exc.match_file(relpath)
+        return self._exc is not None and self._exc.match_file(relpath)
 
     def wants(self, relpath: str) -> bool:
         """Given a file's path relative to its folder, returns True if it is to be uploaded."""
         if is_partial_or_hidden(relpath) or self.excluded(relpath):
             return False
-        return not self.include or self._inc.match_file(relpath)
+        return self._inc is None or self._inc.match_file(relpath)
 
     def excluded_dir(self, reldir: str) -> bool:
         """Returns True when an exclude glob covers the folder (``done``, ``done/``, ``done/**``)."""
-        return bool(self.exclude) and (
+        return self._exc is not None and (
             self._exc.match_file(reldir) or self._exc.match_file(reldir + "/")
         )
 

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -32,7 +33,6 @@ from .intake import HINTS_MAX, Intake
 from .jobs import Job, Outcome
 from .keyring import KeyReader
 from .ledger import Ledger, State
-from .metrics import Metrics
 from .notify import Notifier
 from .outage import wait_out
 from .pool import WorkerPool
@@ -44,6 +44,9 @@ from .status import StatusBoard, announce_auth
 from .uploader import Uploader
 from .watcher import Watcher
 from .writer import LedgerWriter, SharedLedger
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logs.get_logger("hottask_sync.daemon")
 
@@ -74,7 +77,8 @@ class Runtime:
         self.transport = transport
         self.clock = clock
         self.notifier = Notifier(self.environ)
-        self.metrics = Metrics()
+        # Recorded only when served: with metrics off, prometheus_client is never imported.
+        self.metrics = metrics_for(config)
         self.abort = threading.Event()
         self.paused = threading.Event()  # the scheduler's auth pause, as the workers see it
         self._wake = threading.Event()
@@ -128,7 +132,7 @@ class Runtime:
             stack.callback(self.records.close)
             self._build(cfg)
             stack.callback(self.client.close)
-            if (address := cfg.metrics.address) is not None:
+            if self.metrics is not None and (address := cfg.metrics.address) is not None:
                 stack.callback(self.metrics.serve(*address).close)
             self._start()
             self._loop()
@@ -423,6 +427,15 @@ def _starting(cfg: Config) -> dict[str, object]:
         "concurrency": cfg.sync.concurrency,
         "settle_seconds": cfg.sync.settle_seconds,
     }
+
+
+def metrics_for(config: Config) -> Metrics | None:
+    """The daemon's metrics when the config serves them, else None (nothing recorded)."""
+    if config.metrics.address is None:
+        return None
+    from .metrics import Metrics  # prometheus_client: start-up CPU only when used
+
+    return Metrics()
 
 
 def client_for(

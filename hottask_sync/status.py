@@ -7,14 +7,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LedgerError
 from .jobs import Result
 from .ledger import Ledger
 from .logs import get_logger
-from .metrics import Metrics
 from .notify import Notifier
 from .scheduler import AuthChange, Scheduler
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = get_logger("hottask_sync.daemon")
 
@@ -29,7 +32,7 @@ class StatusBoard:
     only after :meth:`mark_stale`; the main loop only formats what was last counted.
     """
 
-    def __init__(self, notifier: Notifier, metrics: Metrics) -> None:
+    def __init__(self, notifier: Notifier, metrics: Metrics | None) -> None:
         self._notifier = notifier
         self._metrics = metrics
         self.line = ""
@@ -91,15 +94,20 @@ class StatusBoard:
             line += f"; {len(missing)} folder(s) missing"
         if line != self.line:
             self.line = line
-            self._metrics.set_counts(uploaded, pending, failed)
-            self._metrics.set_queue_depth(queued)
+            if self._metrics is not None:
+                self._metrics.set_counts(uploaded, pending, failed)
+                self._metrics.set_queue_depth(queued)
             self._notifier.status(line)
 
 
-def announce_auth(change: AuthChange, result: Result, key_source: str, metrics: Metrics) -> None:
-    """Logs and shows a change of the auth pause (``result`` is the one that caused it)."""
+def announce_auth(
+    change: AuthChange, result: Result, key_source: str, metrics: Metrics | None
+) -> None:
+    """Logs and shows a change of the auth pause (``result`` is the one that caused it;
+    ``metrics`` None when they are off)."""
     if change is AuthChange.PAUSED:
-        metrics.set_auth_blocked(True)
+        if metrics is not None:
+            metrics.set_auth_blocked(True)
         log.error(
             "auth.failed",
             error=result.error,
@@ -109,5 +117,6 @@ def announce_auth(change: AuthChange, result: Result, key_source: str, metrics: 
             "fix the key and send SIGHUP or restart)",
         )
     else:
-        metrics.set_auth_blocked(False)
+        if metrics is not None:
+            metrics.set_auth_blocked(False)
         log.info("auth.recovered", key_source=key_source)
