@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import random
 import threading
 import time
@@ -22,7 +21,7 @@ from . import beneath
 from .after_upload import dispose
 from .backoff import Throttle, retry_delay
 from .beneath import Held, NotRegular
-from .client import MAX_PUT_BYTES, HotTaskClient, Ticket
+from .client import CHUNK_SIZE, MAX_PUT_BYTES, HotTaskClient, Ticket
 from .config import ApiKey, SyncConfig
 from .errors import (
     ApiError,
@@ -84,13 +83,14 @@ class _Run:
 @dataclass(frozen=True)
 class Handoff:
     """A file whose bytes are sent, handed from its upload slot to the report stage: the
-    durable ``put``, the report and the move/delete after it happen there, so the slot
-    takes its next file without waiting for the sync or the service. ``held`` (the file's
+    end of its hash, the durable ``put``, the report and the move/delete after it happen
+    there, so the slot takes its next file without waiting for the hash, the sync or the
+    service. ``held`` (the file's
     descriptors) now belongs to the report stage, which closes it."""
 
     job: Job
     ticket: Ticket
-    digest: str
+    hasher: Hasher  # a big file's hash may still be running
     sig: FileSig
     held: Held
     started: float
@@ -205,9 +205,9 @@ class Uploader(_FailureRules):
             return _moved_under_us(run, exc)
 
     def finish(self, handoff: Handoff) -> Result:
-        """The report stage: records the ``put`` durably (the writer's group
-        commit), reports it, records the report, moves or deletes the file; returns what
-        happened. Raises LedgerError when a step cannot be recorded."""
+        """The report stage: waits for the file's hash, records the ``put`` durably (the
+        writer's group commit), reports it, records the report, moves or deletes the file;
+        returns what happened. Raises LedgerError when a step cannot be recorded."""
         run = _Run(handoff.job)
         run.failures, run.key_accepted, run.stage = handoff.failures, handoff.key_accepted, "report"
         run.ticket = None  # the bytes are sent: a retry reports, never PUTs again
@@ -216,6 +216,7 @@ class Uploader(_FailureRules):
         except IllegalTransition as exc:
             return _moved_under_us(run, exc)
         finally:
+            handoff.hasher.cancel()  # ended already, unless something above raised
             handoff.held.close()
 
     def with_key(self, key: ApiKey) -> Uploader:
@@ -333,11 +334,17 @@ class Uploader(_FailureRules):
                 # sent this time, which may differ from the one the ticket was taken for, or
                 # the ledger would say a newer version was never uploaded (and upload it twice).
                 self.ledger.mark_ticketed(folder.key, relpath, sig, run.ticket.file_store_id)
-            digest = self._ticket_and_put(run, fd, sig, ctx)
+            hasher = self._ticket_and_put(run, fd, st, sig, ctx)
             ticket = run.ticket
             assert ticket is not None
-            if _changed(st, os.fstat(fd)) or not sig.same_version(held.current_sig()):
+            try:
+                changed = _changed(st, os.fstat(fd)) or not sig.same_version(held.current_sig())
+            except BaseException:
+                hasher.cancel()
+                raise
+            if changed:
                 # Never report bytes that may mix two versions: settle and start again.
+                hasher.cancel()
                 return self._changed_during_put(run, ctx)
         except Stopped:
             log.info("upload.interrupted", stage=run.stage, **ctx)
@@ -352,15 +359,21 @@ class Uploader(_FailureRules):
             # The ticket is kept after a failed PUT: the next try PUTs to the same URL while
             # it is valid (the bytes may have arrived even though the answer did not).
             return self._failed_call(run, exc, ctx, sig)
-        return Handoff(job, ticket, digest, sig, held, started, run.failures, run.key_accepted)
+        return Handoff(job, ticket, hasher, sig, held, started, run.failures, run.key_accepted)
 
     def _report(self, run: _Run, h: Handoff) -> Result:
         """The report stage's part of one upload (see :meth:`finish`)."""
         job, sig, ticket = h.job, h.sig, h.ticket
         folder, relpath = job.folder, job.relpath
         ctx = {**run.ctx, "size": sig.size, "attempt": run.failures + 1}
+        digest = h.hasher.digest()
+        if digest is None:  # a big file's own reads could not vouch for the bytes sent
+            if self.abort.is_set():
+                log.info("upload.interrupted", stage="hash", **ctx)
+                return run.result(Outcome.STOPPED)
+            return self._changed_during_put(run, ctx)
         # Durable before the report: a report whose put could be lost would upload twice.
-        self.ledger.mark_put(folder.key, relpath, h.digest, file_store_id=ticket.file_store_id)
+        self.ledger.mark_put(folder.key, relpath, digest, file_store_id=ticket.file_store_id)
         self.beat("report")
         try:
             if not self.client.report_success(ticket.file_store_id):
@@ -379,7 +392,7 @@ class Uploader(_FailureRules):
             "upload.succeeded",
             file_store_id=ticket.file_store_id,
             duration_ms=round(duration * 1000, 1),
-            sha256=h.digest,
+            sha256=digest,
             **ctx,
         )
         if folder.after_upload != "keep":
@@ -388,9 +401,11 @@ class Uploader(_FailureRules):
                 dispose(job, entry, sig, self.ledger, ctx, held=h.held)
         return run.result(Outcome.DONE, ticket=None)
 
-    def _ticket_and_put(self, run: _Run, fd: int, sig: FileSig, ctx: dict[str, Any]) -> str:
+    def _ticket_and_put(
+        self, run: _Run, fd: int, st: os.stat_result, sig: FileSig, ctx: dict[str, Any]
+    ) -> Hasher:
         """PUTs the file to the run's URL, getting one first if it has none (and one new
-        URL if it expires); returns the sha256 of what was sent."""
+        URL if it expires); returns the hash of what was sent (see :class:`Hasher`)."""
         job = run.job
         for expired_once in (False, True):
             if run.ticket is None:
@@ -404,7 +419,7 @@ class Uploader(_FailureRules):
             run.stage = "put"
             self.beat("put")
             try:
-                return self._put(run.ticket, fd, sig.size, ctx)
+                return self._put(run.ticket, fd, st, ctx)
             except UrlExpired as exc:
                 # The URL died before or during the PUT: one new URL, same attempt.
                 if expired_once:
@@ -427,14 +442,15 @@ class Uploader(_FailureRules):
             self.metrics.upload_failed("changed")
         return run.result(Outcome.CHANGED, ticket=None)
 
-    def _put(self, ticket: Ticket, fd: int, size: int, ctx: dict[str, Any]) -> str:
-        """PUTs the file, hashing as it streams; returns the sha256 hex digest."""
-        watch = _PutWatch(self, ticket, size, ctx)
+    def _put(self, ticket: Ticket, fd: int, st: os.stat_result, ctx: dict[str, Any]) -> Hasher:
+        """PUTs the file, hashing beside the send; returns the hash, which may still run."""
+        watch = _PutWatch(self, ticket, fd, st, ctx)
         try:
-            self.client.put(ticket, fd, size, on_chunk=watch)
-        finally:
-            digest = watch.hasher.hexdigest()
-        return digest
+            self.client.put(ticket, fd, st.st_size, on_chunk=watch)
+        except BaseException:
+            watch.hasher.cancel()
+            raise
+        return watch.hasher
 
     def _report_resumed(self, run: _Run, entry: Entry) -> Result:
         assert entry.file_store_id is not None
@@ -485,12 +501,14 @@ class _PutWatch:
     bandwidth throttle, the average-rate deadline, the hash, the metrics, the progress log
     and the pool's sign of progress."""
 
-    def __init__(self, up: Uploader, ticket: Ticket, size: int, ctx: dict[str, Any]) -> None:
-        self.up, self.ticket, self.size, self.ctx = up, ticket, size, ctx
-        self.hasher = Hasher.for_size(size)
+    def __init__(
+        self, up: Uploader, ticket: Ticket, fd: int, st: os.stat_result, ctx: dict[str, Any]
+    ) -> None:
+        self.up, self.ticket, self.size, self.ctx = up, ticket, st.st_size, ctx
+        self.hasher = Hasher(fd, st, up.abort)
         self.started = up.clock()
-        self.deadline = self.started + PUT_DEADLINE_SLACK_SECONDS + size / MIN_PUT_RATE
-        self.progress = size >= PROGRESS_MIN_BYTES
+        self.deadline = self.started + PUT_DEADLINE_SLACK_SECONDS + self.size / MIN_PUT_RATE
+        self.progress = self.size >= PROGRESS_MIN_BYTES
         self.sent = 0
         self.next_progress = self.started + PROGRESS_EVERY_SECONDS
 
@@ -525,45 +543,96 @@ class _PutWatch:
 
 
 class Hasher:
-    """SHA-256 of what is sent. For big files on a thread of its own, so that hashing one
-    chunk overlaps sending the next (hashlib lets go of the GIL on big buffers); at most
-    ``QUEUE_CHUNKS`` chunks wait for it, so memory stays flat."""
+    """SHA-256 of the bytes one PUT sends, as a future the report stage waits on.
 
-    #: Files at least this big are hashed beside the send; smaller ones inline (a thread
-    #: costs more than hashing a few chunks).
+    A small file's chunks are hashed inline as the send reads them. A big file is hashed by
+    a thread of its own reading the file through its own descriptor (one buffer: memory
+    stays flat), beside the send and never pacing it: on loopback, hashing is as slow as
+    the wire (bench/README), and the upload slot is free once the bytes are sent. The
+    thread keeps at most ``AHEAD`` bytes ahead of the send, so that the second reader of a
+    chunk finds it in the page cache (the disk reads the file once). Its bytes are the ones
+    sent because the file is still the version opened (size, mtime, ctime, inode; any
+    write changes the ctime) both after the send, which the upload slot checks, and after
+    the hash, which the thread checks on its descriptor.
+    """
+
+    #: Files at least this big are hashed by a thread of their own; smaller ones inline (a
+    #: thread costs more than hashing a few chunks).
     THREADED_FROM = 8 * 1024 * 1024
-    QUEUE_CHUNKS = 4
+    AHEAD = 64 * 1024 * 1024
 
-    def __init__(self, threaded: bool) -> None:
+    def __init__(self, fd: int, st: os.stat_result, stop: threading.Event) -> None:
         self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] | None = None
-        if threaded:
-            self._queue = queue.Queue(self.QUEUE_CHUNKS)
-            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-            self._thread.start()
-
-    @classmethod
-    def for_size(cls, size: int) -> Hasher:
-        return cls(threaded=size >= cls.THREADED_FROM)
+        self._thread: threading.Thread | None = None
+        self._digest: str | None = None
+        if st.st_size < self.THREADED_FROM:
+            return
+        self._cond = threading.Condition()
+        self._sent = 0  # bytes the send has read so far
+        self._cancelled = False
+        #: True while the thread waits for the send to catch up (read by tests).
+        self.waiting = False
+        # Its own descriptor: the thread may outlive the upload's (a cancelled hash ends
+        # within a chunk and closes it), and can never read a reused descriptor number.
+        own = os.dup(fd)
+        self._thread = threading.Thread(
+            target=self._run, args=(own, st, stop), name="sha256", daemon=True
+        )
+        self._thread.start()
 
     def update(self, chunk: bytes) -> None:
-        if self._queue is None:
+        """The send read ``chunk``, the file's next bytes: hashed now (a small file), or the
+        send's progress noted (a big one, whose thread reads the file itself)."""
+        if self._thread is None:
             self._hash.update(chunk)
-        else:
-            self._queue.put(chunk)  # bytes are immutable: safe to hand over
+            return
+        with self._cond:
+            self._sent += len(chunk)
+            if self.waiting:
+                self._cond.notify()
 
-    def hexdigest(self) -> str:
-        """The digest of every chunk given (ends the thread)."""
-        if self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._queue = None
-        return self._hash.hexdigest()
+    def digest(self) -> str | None:
+        """The hex digest of the file's bytes, once they are all hashed (waits for a big
+        file's thread). None when a big file's own reads cannot vouch for the bytes sent:
+        it shrank or changed meanwhile, a read failed, or the hash was stopped."""
+        if self._thread is None:
+            return self._hash.hexdigest()
+        self._thread.join()
+        return self._digest
 
-    def _run(self) -> None:
-        assert self._queue is not None
-        while (chunk := self._queue.get()) is not None:
-            self._hash.update(chunk)
+    def cancel(self) -> None:
+        """Ends a big file's hash thread (within a chunk) without waiting for it: the PUT
+        failed, or the file changed."""
+        if self._thread is not None:
+            with self._cond:
+                self._cancelled = True
+                self._cond.notify()
+
+    def _run(self, fd: int, st: os.stat_result, stop: threading.Event) -> None:
+        size, offset = st.st_size, 0
+        buffer = memoryview(bytearray(CHUNK_SIZE))
+        try:
+            while offset < size:
+                with self._cond:
+                    while offset >= self._sent + self.AHEAD and not self._cancelled:
+                        self.waiting = True
+                        self._cond.wait()
+                    self.waiting = False
+                    if self._cancelled:
+                        return
+                if stop.is_set():
+                    return
+                got = os.preadv(fd, [buffer[: min(CHUNK_SIZE, size - offset)]], offset)
+                if got == 0:
+                    return  # shrank
+                self._hash.update(buffer[:got])  # lets go of the GIL
+                offset += got
+            if not _changed(st, os.fstat(fd)):
+                self._digest = self._hash.hexdigest()
+        except OSError:
+            return  # no digest: the report stage starts the file again
+        finally:
+            os.close(fd)
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:

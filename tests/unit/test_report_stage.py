@@ -4,18 +4,24 @@ the file's descriptors. A file is reported only once its `put` is recorded."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+import pytest
+import structlog
 
+from hottask_sync import uploader as uploader_module
 from hottask_sync.config import FolderConfig
 from hottask_sync.jobs import Job, Outcome, Result
 from hottask_sync.ledger import State
 from hottask_sync.pool import WorkerPool
-from hottask_sync.uploader import Handoff
+from hottask_sync.uploader import Handoff, Hasher
 from tests.conftest import wait_for
 from tests.unit.test_uploader import Rig, status
 
@@ -104,3 +110,71 @@ def test_the_pool_frees_the_upload_slot_while_the_report_stage_works(tmp_path: P
     wait_for(lambda: len(pool.results) == 3, what="a's final result")
     assert pool.results[2][1].outcome is Outcome.DONE  # type: ignore[union-attr]
     pool.close()
+
+
+class _GatedSha256:
+    """hashlib.sha256 whose updates wait for ``gate``: a hash slower than the wire."""
+
+    gate = threading.Event()
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.gate.wait(20)
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@pytest.fixture
+def slow_hash(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    gate = threading.Event()
+    monkeypatch.setattr(_GatedSha256, "gate", gate)
+    monkeypatch.setattr(uploader_module, "hashlib", SimpleNamespace(sha256=_GatedSha256))
+    yield gate
+    gate.set()  # never leave a hash thread waiting
+
+
+def test_a_big_files_send_never_waits_for_its_hash(rig: Rig, slow_hash: threading.Event) -> None:
+    """On loopback SHA-256 is as slow as the wire: the send goes at its own pace, the upload
+    slot is free once the bytes are sent, and the report stage waits for the digest."""
+    data = os.urandom(Hasher.THREADED_FROM + 4 * 1024 * 1024)
+    rig.write("big.bin", data)
+    got: list[Result | Handoff] = []
+    sender = threading.Thread(target=lambda: got.append(rig.uploader.run(rig.job("big.bin"))))
+    sender.start()
+    try:
+        # The hash has not hashed a byte, and the whole file is sent all the same.
+        wait_for(lambda: got, timeout=10, what="the PUT ends while the hash waits")
+    finally:
+        slow_hash.set()
+        sender.join(10)
+    handoff = got[0]
+    assert isinstance(handoff, Handoff)
+    assert rig.server.stored[handoff.ticket.file_store_id] == data
+    with structlog.testing.capture_logs() as logs:
+        assert rig.uploader.finish(handoff).outcome is Outcome.DONE
+    (done,) = [e for e in logs if e["event"] == "upload.succeeded"]
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert rig.row("big.bin").sha256 == done["sha256"]
+
+
+def test_a_big_file_changed_before_its_hash_ended_is_not_reported(
+    rig: Rig, slow_hash: threading.Event
+) -> None:
+    """Its bytes were sent, but the hash read afterwards cannot vouch for them: settle and
+    upload it again, as a file changed during its PUT."""
+    data = os.urandom(Hasher.THREADED_FROM + 4 * 1024 * 1024)
+    path = rig.write("big.bin", data)
+    handoff = rig.uploader.run(rig.job("big.bin"))  # the send does not wait for the hash
+    assert isinstance(handoff, Handoff)
+    with path.open("r+b") as fh:  # after the send, before the hash got there
+        fh.seek(len(data) - 1)
+        fh.write(b"!")
+    slow_hash.set()
+    result = rig.uploader.finish(handoff)
+    assert result.outcome is Outcome.CHANGED and result.ticket is None
+    assert rig.server.reported == []
+    assert rig.row("big.bin").state is State.PENDING
