@@ -216,7 +216,6 @@ class Uploader(_FailureRules):
         except IllegalTransition as exc:
             return _moved_under_us(run, exc)
         finally:
-            handoff.hasher.cancel()  # ended already, unless something above raised
             handoff.held.close()
 
     def with_key(self, key: ApiKey) -> Uploader:
@@ -366,12 +365,17 @@ class Uploader(_FailureRules):
         job, sig, ticket = h.job, h.sig, h.ticket
         folder, relpath = job.folder, job.relpath
         ctx = {**run.ctx, "size": sig.size, "attempt": run.failures + 1}
-        digest = h.hasher.digest()
+        run.stage = "hash"
+        digest = h.hasher.digest(beat=lambda: self.beat("hash"))
         if digest is None:  # a big file's own reads could not vouch for the bytes sent
+            if (error := h.hasher.error) is not None:
+                reading = TransientError(f"cannot read the file to hash it: {error.strerror}")
+                return self._failed_call(run, reading, ctx, sig)
             if self.abort.is_set():
                 log.info("upload.interrupted", stage="hash", **ctx)
                 return run.result(Outcome.STOPPED)
             return self._changed_during_put(run, ctx)
+        run.stage = "report"
         # Durable before the report: a report whose put could be lost would upload twice.
         self.ledger.mark_put(folder.key, relpath, digest, file_store_id=ticket.file_store_id)
         self.beat("report")
@@ -444,9 +448,18 @@ class Uploader(_FailureRules):
 
     def _put(self, ticket: Ticket, fd: int, st: os.stat_result, ctx: dict[str, Any]) -> Hasher:
         """PUTs the file, hashing beside the send; returns the hash, which may still run."""
-        watch = _PutWatch(self, ticket, fd, st, ctx)
+        try:
+            watch = _PutWatch(self, ticket, fd, st, ctx)
+        except OSError as exc:  # no descriptor left to hash with (EMFILE): try again later
+            raise TransientError(f"cannot open the file again to hash it: {exc.strerror}") from exc
         try:
             self.client.put(ticket, fd, st.st_size, on_chunk=watch)
+            if watch.sent != st.st_size:
+                # An answer to a body cut short (the server stopped reading): never
+                # reported, and a hash waiting for the rest would wait for ever.
+                raise TransientError(
+                    f"PUT: answered after {watch.sent} of {st.st_size} bytes", maybe_applied=True
+                )
         except BaseException:
             watch.hasher.cancel()
             raise
@@ -546,25 +559,36 @@ class Hasher:
     """SHA-256 of the bytes one PUT sends, as a future the report stage waits on.
 
     A small file's chunks are hashed inline as the send reads them. A big file is hashed by
-    a thread of its own reading the file through its own descriptor (one buffer: memory
-    stays flat), beside the send and never pacing it: on loopback, hashing is as slow as
-    the wire (bench/README), and the upload slot is free once the bytes are sent. The
-    thread keeps at most ``AHEAD`` bytes ahead of the send, so that the second reader of a
-    chunk finds it in the page cache (the disk reads the file once). Its bytes are the ones
-    sent because the file is still the version opened (size, mtime, ctime, inode; any
-    write changes the ctime) both after the send, which the upload slot checks, and after
-    the hash, which the thread checks on its descriptor.
+    a thread of its own reading the file through its own descriptor (one buffer, reused:
+    memory stays flat), beside the send and never pacing it: on loopback, hashing is as
+    slow as the wire (bench/README), and the upload slot is free once the bytes are sent.
+    The thread keeps at most ``AHEAD`` bytes ahead of the send, so that while it is ahead
+    the send finds the bytes in the page cache (when it lags, nothing holds it back).
+
+    The hash's bytes are the ones sent when the file is still the version opened both after
+    the send (size, mtime, ctime, and the inode at its path: the upload slot checks) and
+    after the hash (size, mtime, ctime: the thread checks its descriptor); any write(2)
+    changes the ctime. A
+    write through a shared memory map to a page already dirty changes no timestamp until
+    later; such a change is invisible to settling and to the checks of the send as well.
     """
 
     #: Files at least this big are hashed by a thread of their own; smaller ones inline (a
     #: thread costs more than hashing a few chunks).
     THREADED_FROM = 8 * 1024 * 1024
     AHEAD = 64 * 1024 * 1024
+    #: While the report stage waits for a big file's hash, it shows progress this often.
+    BEAT_SECONDS = 1.0
 
     def __init__(self, fd: int, st: os.stat_result, stop: threading.Event) -> None:
+        """Raises OSError when a big file's descriptor cannot be duplicated (EMFILE)."""
         self._hash = hashlib.sha256()
         self._thread: threading.Thread | None = None
         self._digest: str | None = None
+        #: Why a big file's hash has no digest, when a read failed (else None).
+        self.error: OSError | None = None
+        #: Bytes a big file's thread has hashed so far (read by the waiting report stage).
+        self.hashed = 0
         if st.st_size < self.THREADED_FROM:
             return
         self._cond = threading.Condition()
@@ -573,12 +597,16 @@ class Hasher:
         #: True while the thread waits for the send to catch up (read by tests).
         self.waiting = False
         # Its own descriptor: the thread may outlive the upload's (a cancelled hash ends
-        # within a chunk and closes it), and can never read a reused descriptor number.
+        # before its next chunk and closes it), and never reads a reused descriptor number.
         own = os.dup(fd)
-        self._thread = threading.Thread(
-            target=self._run, args=(own, st, stop), name="sha256", daemon=True
-        )
-        self._thread.start()
+        try:
+            self._thread = threading.Thread(
+                target=self._run, args=(own, st, stop), name="sha256", daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            os.close(own)
+            raise
 
     def update(self, chunk: bytes) -> None:
         """The send read ``chunk``, the file's next bytes: hashed now (a small file), or the
@@ -591,18 +619,30 @@ class Hasher:
             if self.waiting:
                 self._cond.notify()
 
-    def digest(self) -> str | None:
-        """The hex digest of the file's bytes, once they are all hashed (waits for a big
-        file's thread). None when a big file's own reads cannot vouch for the bytes sent:
-        it shrank or changed meanwhile, a read failed, or the hash was stopped."""
-        if self._thread is None:
+    def digest(self, beat: Callable[[], None] = lambda: None) -> str | None:
+        """The hex digest of the file's bytes, once they are all hashed: waits for a big
+        file's thread (the send is over: it no longer waits for it), calling ``beat`` every
+        BEAT_SECONDS in which the hash went on. None for a big file whose hash was cancelled
+        or stopped, or whose own reads cannot vouch for the bytes sent: it shrank or changed
+        meanwhile, or a read failed (:attr:`error` says how)."""
+        thread = self._thread
+        if thread is None:
             return self._hash.hexdigest()
-        self._thread.join()
-        return self._digest
+        with self._cond:
+            self._sent = 1 << 62  # sent all it will: never wait for more of it
+            self._cond.notify()
+        seen = self.hashed
+        while True:
+            thread.join(self.BEAT_SECONDS)
+            if not thread.is_alive():
+                return self._digest
+            if self.hashed != seen:  # a read that hangs is not progress
+                seen = self.hashed
+                beat()
 
     def cancel(self) -> None:
-        """Ends a big file's hash thread (within a chunk) without waiting for it: the PUT
-        failed, or the file changed."""
+        """Ends a big file's hash thread before its next chunk, without waiting for it: the
+        PUT failed, or the file changed."""
         if self._thread is not None:
             with self._cond:
                 self._cancelled = True
@@ -610,8 +650,8 @@ class Hasher:
 
     def _run(self, fd: int, st: os.stat_result, stop: threading.Event) -> None:
         size, offset = st.st_size, 0
-        buffer = memoryview(bytearray(CHUNK_SIZE))
         try:
+            buffer = memoryview(bytearray(CHUNK_SIZE))
             while offset < size:
                 with self._cond:
                     while offset >= self._sent + self.AHEAD and not self._cancelled:
@@ -627,10 +667,11 @@ class Hasher:
                     return  # shrank
                 self._hash.update(buffer[:got])  # lets go of the GIL
                 offset += got
+                self.hashed = offset
             if not _changed(st, os.fstat(fd)):
                 self._digest = self._hash.hexdigest()
-        except OSError:
-            return  # no digest: the report stage starts the file again
+        except OSError as exc:
+            self.error = exc
         finally:
             os.close(fd)
 

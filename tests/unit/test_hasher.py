@@ -1,17 +1,21 @@
 """SHA-256 while sending: a small file's chunks are hashed as they are sent; a big file is
 hashed by a thread reading it on its own, which never holds the send back, keeps within a
-window ahead of it, vouches for its bytes by the file's version, and can be stopped."""
+window ahead of it, vouches for its bytes by the file's version, shows its progress to
+whoever waits for it, and can be stopped."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from hottask_sync import uploader as uploader_module
 from hottask_sync.uploader import Hasher
 from tests.conftest import wait_for
 
@@ -34,6 +38,16 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def _digest(hasher: Hasher) -> str | None:
+    """``hasher.digest()``, failing the test (not hanging it) if it never comes."""
+    got: list[str | None] = []
+    waiter = threading.Thread(target=lambda: got.append(hasher.digest()), daemon=True)
+    waiter.start()
+    waiter.join(20)
+    assert got, "no digest within 20 s"
+    return got[0]
+
+
 def _sha256_threads() -> int:
     return sum(t.name == "sha256" for t in threading.enumerate())
 
@@ -45,7 +59,7 @@ def test_a_big_file_is_hashed_from_its_own_reads_without_waiting_for_the_send(
     fds = _fds()
     hasher = Hasher(fd, st, threading.Event())
     # Nothing sent yet, and the file is within the window ahead of the send: all hashed.
-    assert hasher.digest() == hashlib.sha256(data).hexdigest()
+    assert _digest(hasher) == hashlib.sha256(data).hexdigest()
     assert _fds() == fds  # its own descriptor is closed
     assert _sha256_threads() == 0
 
@@ -59,7 +73,7 @@ def test_a_small_file_is_hashed_inline_from_the_chunks_sent(tmp_path: Path) -> N
         hasher = Hasher(fd, os.fstat(fd), threading.Event())
         hasher.update(b"x" * 4096)
         assert threading.active_count() == threads
-        assert hasher.digest() == hashlib.sha256(b"x" * 4096).hexdigest()
+        assert _digest(hasher) == hashlib.sha256(b"x" * 4096).hexdigest()
     finally:
         os.close(fd)
 
@@ -67,15 +81,91 @@ def test_a_small_file_is_hashed_inline_from_the_chunks_sent(tmp_path: Path) -> N
 def test_the_hash_keeps_within_its_window_ahead_of_the_send(
     big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """So that whichever reads a chunk second finds it in the page cache: the disk reads a
-    big file once, not twice, when the network is slower than the hash."""
+    """So that the send finds in the page cache what the hash read ahead of it: the disk
+    reads a big file once when the network is slower than the hash."""
     monkeypatch.setattr(Hasher, "AHEAD", 2 * MIB)
     fd, st, data = big
+    sent = [0]
+    too_far: list[int] = []
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if offset >= sent[0] + 2 * MIB:
+            too_far.append(offset)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(uploader_module.os, "preadv", preadv)
     hasher = Hasher(fd, st, threading.Event())
     wait_for(lambda: hasher.waiting)  # 2 MiB read, nothing sent: it waits for the send
     for start in range(0, len(data), MIB):
+        sent[0] = start + MIB  # noted before the hash may go on
         hasher.update(data[start : start + MIB])
-    assert hasher.digest() == hashlib.sha256(data).hexdigest()
+    assert _digest(hasher) == hashlib.sha256(data).hexdigest()
+    assert too_far == []
+
+
+def test_once_the_send_is_over_the_hash_no_longer_waits_for_it(
+    big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send that ended before the last chunk (an answer to a body cut short) must not
+    leave the report stage waiting for ever."""
+    monkeypatch.setattr(Hasher, "AHEAD", 2 * MIB)
+    fd, st, data = big
+    hasher = Hasher(fd, st, threading.Event())
+    hasher.update(data[:MIB])
+    wait_for(lambda: hasher.waiting)
+    assert _digest(hasher) == hashlib.sha256(data).hexdigest()
+
+
+def test_the_wait_for_a_big_files_hash_shows_progress(
+    big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report stage waiting for a hash slower than the wire is not stuck while the hash
+    goes on (the pool's watch of its workers would have systemd restart the daemon)."""
+    monkeypatch.setattr(Hasher, "BEAT_SECONDS", 0.01)
+    go = threading.Semaphore(0)
+
+    class OneChunkAtATime:
+        def __init__(self) -> None:
+            self._hash = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            assert go.acquire(timeout=20)
+            self._hash.update(data)
+
+        def hexdigest(self) -> str:
+            return self._hash.hexdigest()
+
+    monkeypatch.setattr(uploader_module, "hashlib", SimpleNamespace(sha256=OneChunkAtATime))
+    fd, st, data = big
+    hasher = Hasher(fd, st, threading.Event())
+    hasher.update(data)
+    beats: list[int] = []
+    got: list[str | None] = []
+    waiter = threading.Thread(target=lambda: got.append(hasher.digest(lambda: beats.append(1))))
+    waiter.start()
+    for n in (1, 2, 3):
+        go.release()  # one more chunk hashed
+        wait_for(lambda n=n: len(beats) >= n, what=f"beat {n}")  # type: ignore[misc]
+    for _ in range(len(data) // MIB + 1):
+        go.release()
+    waiter.join(20)
+    assert got == [hashlib.sha256(data).hexdigest()]
+
+
+def test_a_read_that_fails_gives_no_digest_and_says_why(
+    big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(uploader_module.os, "preadv", preadv)
+    fd, st, _ = big
+    fds = _fds()
+    hasher = Hasher(fd, st, threading.Event())
+    assert _digest(hasher) is None
+    assert hasher.error is not None and hasher.error.errno == errno.EIO
+    assert _fds() == fds
 
 
 def test_a_file_written_to_while_it_is_hashed_has_no_digest(
@@ -87,7 +177,7 @@ def test_a_file_written_to_while_it_is_hashed_has_no_digest(
     wait_for(lambda: hasher.waiting)
     os.pwrite(fd, b"new", len(data) - 3)  # a byte it has not read yet: its ctime changes
     hasher.update(data)  # the send went through it all
-    assert hasher.digest() is None
+    assert _digest(hasher) is None
 
 
 def test_a_file_that_shrank_has_no_digest(
@@ -99,7 +189,7 @@ def test_a_file_that_shrank_has_no_digest(
     wait_for(lambda: hasher.waiting)
     os.ftruncate(fd, 3 * MIB)
     hasher.update(data)
-    assert hasher.digest() is None
+    assert _digest(hasher) is None
 
 
 def test_a_cancelled_hash_ends_and_closes_its_descriptor(
@@ -111,7 +201,7 @@ def test_a_cancelled_hash_ends_and_closes_its_descriptor(
     hasher = Hasher(fd, st, threading.Event())
     wait_for(lambda: hasher.waiting)  # would wait for a send that never comes
     hasher.cancel()
-    assert hasher.digest() is None
+    assert _digest(hasher) is None
     assert _fds() == fds and _sha256_threads() == 0
 
 

@@ -4,10 +4,11 @@ the file's descriptors. A file is reported only once its `put` is recorded."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -178,3 +179,100 @@ def test_a_big_file_changed_before_its_hash_ended_is_not_reported(
     assert result.outcome is Outcome.CHANGED and result.ticket is None
     assert rig.server.reported == []
     assert rig.row("big.bin").state is State.PENDING
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _no_hash_thread() -> bool:
+    return not any(t.name == "sha256" for t in threading.enumerate())
+
+
+@pytest.fixture
+def big_file(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A big file whose hash, with a 2 MiB window, waits for a send that stops early."""
+    monkeypatch.setattr(Hasher, "AHEAD", 2 * 1024 * 1024)
+    data = os.urandom(Hasher.THREADED_FROM + 4 * 1024 * 1024)
+    rig.write("big.bin", data)
+    return data
+
+
+def _after(rig: Rig, received: int, action: Callable[[], None]) -> None:
+    """``action`` once the fake S3 has received ``received`` bytes of the PUT."""
+
+    def on_chunk(n: int) -> None:
+        if n >= received and not done:
+            done.append(True)
+            action()
+
+    done: list[bool] = []
+    rig.server.on_put_chunk = on_chunk
+
+
+def test_a_put_that_fails_midway_leaves_no_hash_behind(rig: Rig, big_file: bytes) -> None:
+    fds = _fds()
+
+    def fail() -> None:
+        raise httpx.WriteError("connection reset")
+
+    _after(rig, 3 * 1024 * 1024, fail)
+    result = rig.uploader.run(rig.job("big.bin"))
+    assert isinstance(result, Result) and result.outcome is Outcome.RETRY
+    wait_for(_no_hash_thread, what="the hash thread ended")
+    assert _fds() == fds
+
+
+def test_a_put_stopped_by_the_shutdown_leaves_no_hash_behind(rig: Rig, big_file: bytes) -> None:
+    fds = _fds()
+    _after(rig, 3 * 1024 * 1024, rig.uploader.abort.set)
+    result = rig.uploader.run(rig.job("big.bin"))
+    assert isinstance(result, Result) and result.outcome is Outcome.STOPPED
+    wait_for(_no_hash_thread, what="the hash thread ended")
+    assert _fds() == fds
+
+
+def test_an_answer_to_a_body_cut_short_is_never_reported(
+    rig: Rig, big_file: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpcore reads an early answer when the server stops reading the body; whatever it
+    says, the file is not on S3 whole."""
+    client = rig.uploader.client
+
+    def cut_short(ticket: object, fd: int, size: int, *, on_chunk: Callable[[bytes], None]) -> None:
+        on_chunk(os.pread(fd, 1024 * 1024, 0))  # then an answer, "200 OK"
+
+    monkeypatch.setattr(client, "put", cut_short)
+    result = rig.uploader.run(rig.job("big.bin"))
+    assert isinstance(result, Result) and result.outcome is Outcome.RETRY
+    assert "answered after 1048576 of" in (result.error or "")
+    assert rig.row("big.bin").state is State.TICKETED
+    wait_for(_no_hash_thread, what="the hash thread ended")
+
+
+def test_a_hash_cut_off_by_the_shutdown_ends_the_report_unrecorded(
+    rig: Rig, big_file: bytes, slow_hash: threading.Event
+) -> None:
+    """Its bytes are on S3, but without their digest there is no put to record: the file
+    is uploaded again at the next start (its row still says ticketed)."""
+    handoff = rig.uploader.run(rig.job("big.bin"))  # the hash holds at its first chunk
+    assert isinstance(handoff, Handoff)
+    rig.uploader.abort.set()  # the grace period is over
+    slow_hash.set()
+    assert rig.uploader.finish(handoff).outcome is Outcome.STOPPED
+    assert rig.row("big.bin").state is State.TICKETED and rig.server.reported == []
+
+
+def test_a_file_that_cannot_be_read_for_its_hash_is_retried_with_the_error(
+    rig: Rig, big_file: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(uploader_module.os, "preadv", preadv)
+    handoff = rig.uploader.run(rig.job("big.bin"))
+    assert isinstance(handoff, Handoff)
+    result = rig.uploader.finish(handoff)
+    assert result.outcome is Outcome.RETRY and result.ticket is None
+    assert "hash: cannot read the file to hash it" in (rig.row("big.bin").last_error or "")
+    assert rig.server.reported == []
