@@ -1,5 +1,6 @@
-"""Unit tests for hottask_sync.pool: results come back, crashes are retried, and a worker
-that stops making progress is reported as stuck (healthy means progressing, not alive)."""
+"""Unit tests for hottask_sync.pool: results come back, crashes are retried, a worker that
+stops making progress is reported as stuck (healthy means progressing, not alive), and the
+main loop is woken when it has something to do."""
 
 from __future__ import annotations
 
@@ -88,3 +89,31 @@ def test_a_crashing_job_comes_back_as_a_retry_with_its_ticket_and_failures() -> 
     )
     assert pool.alive()
     pool.close()
+
+
+def test_a_hand_off_wakes_the_main_loop_only_when_the_slots_run_short(tmp_path: Path) -> None:
+    """Each wake of the main loop costs thread switches: a slot that hands its file to the
+    report stage wakes it only when fewer jobs wait than there are slots (more must be
+    handed out); every final result wakes it."""
+    folder = FolderConfig(tmp_path)
+    release = threading.Event()  # the report stage holds every file until then
+    wakes: list[int] = []
+
+    def finish(handoff: str) -> Result:
+        release.wait(10)
+        return Result(Outcome.DONE)
+
+    pool = WorkerPool(lambda job: "handoff", lambda: wakes.append(1), finish=finish)
+    for name in ("a", "b", "c"):
+        pool.submit(Job(folder, name))  # all waiting before the one slot starts
+    pool.resize(1)
+    try:
+        wait_for(lambda: len(pool.results) == 3, what="three hand-offs")
+        assert [r.outcome for _, r in pool.results] == [Outcome.REPORTING] * 3  # type: ignore[union-attr]
+        assert len(wakes) == 1  # c's: nothing left waiting for the slot
+        release.set()
+        wait_for(lambda: len(pool.results) == 6, what="three final results")
+        assert len(wakes) == 4
+    finally:
+        release.set()
+        pool.close()
