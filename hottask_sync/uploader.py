@@ -85,8 +85,8 @@ class Handoff:
     """A file whose bytes are sent, handed from its upload slot to the report stage: the
     end of its hash, the durable ``put``, the report and the move/delete after it happen
     there, so the slot takes its next file without waiting for the hash, the sync or the
-    service. ``held`` (the file's
-    descriptors) now belongs to the report stage, which closes it."""
+    service. ``held`` (the file's descriptors) now belongs to the report stage, which
+    closes it."""
 
     job: Job
     ticket: Ticket
@@ -568,9 +568,8 @@ class Hasher:
     The hash's bytes are the ones sent when the file is still the version opened both after
     the send (size, mtime, ctime, and the inode at its path: the upload slot checks) and
     after the hash (size, mtime, ctime: the thread checks its descriptor); any write(2)
-    changes the ctime. A
-    write through a shared memory map to a page already dirty changes no timestamp until
-    later; such a change is invisible to settling and to the checks of the send as well.
+    changes the ctime. A write through a shared memory map to a page already dirty changes
+    no timestamp until later: invisible to settling and to the checks of the send as well.
     """
 
     #: Files at least this big are hashed by a thread of their own; smaller ones inline (a
