@@ -168,25 +168,29 @@ def test_a_read_that_fails_gives_no_digest_and_says_why(
     assert _fds() == fds
 
 
-def test_a_file_written_to_while_it_is_hashed_has_no_digest(
+@pytest.fixture
+def held_back(
     big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Hasher, int, bytes]:
+    """A big file's hash, 2 MiB in, waiting for a send that has not begun."""
     monkeypatch.setattr(Hasher, "AHEAD", 2 * MIB)
     fd, st, data = big
     hasher = Hasher(fd, st, threading.Event())
     wait_for(lambda: hasher.waiting)
+    return hasher, fd, data
+
+
+def test_a_file_written_to_while_it_is_hashed_has_no_digest(
+    held_back: tuple[Hasher, int, bytes],
+) -> None:
+    hasher, fd, data = held_back
     os.pwrite(fd, b"new", len(data) - 3)  # a byte it has not read yet: its ctime changes
     hasher.update(data)  # the send went through it all
     assert _digest(hasher) is None
 
 
-def test_a_file_that_shrank_has_no_digest(
-    big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(Hasher, "AHEAD", 2 * MIB)
-    fd, st, data = big
-    hasher = Hasher(fd, st, threading.Event())
-    wait_for(lambda: hasher.waiting)
+def test_a_file_that_shrank_has_no_digest(held_back: tuple[Hasher, int, bytes]) -> None:
+    hasher, fd, data = held_back
     os.ftruncate(fd, 3 * MIB)
     hasher.update(data)
     assert _digest(hasher) is None
@@ -195,9 +199,9 @@ def test_a_file_that_shrank_has_no_digest(
 def test_a_cancelled_hash_ends_and_closes_its_descriptor(
     big: tuple[int, os.stat_result, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fds = _fds()  # before the hash takes its own descriptor
     monkeypatch.setattr(Hasher, "AHEAD", 2 * MIB)
     fd, st, _ = big
-    fds = _fds()
     hasher = Hasher(fd, st, threading.Event())
     wait_for(lambda: hasher.waiting)  # would wait for a send that never comes
     hasher.cancel()
