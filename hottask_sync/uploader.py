@@ -575,6 +575,7 @@ class Hasher:
     #: Files at least this big are hashed by a thread of their own; smaller ones inline (a
     #: thread costs more than hashing a few chunks).
     THREADED_FROM = 8 * 1024 * 1024
+    #: A big file's thread reads at most this far ahead of the send.
     AHEAD = 64 * 1024 * 1024
     #: While the report stage waits for a big file's hash, it shows progress this often.
     BEAT_SECONDS = 1.0
@@ -593,7 +594,8 @@ class Hasher:
         self._cond = threading.Condition()
         self._sent = 0  # bytes the send has read so far
         self._cancelled = False
-        #: True while the thread waits for the send to catch up (read by tests).
+        #: True while the thread waits for the send to catch up: only then does the send
+        #: notify it (under ``_cond``).
         self.waiting = False
         # Its own descriptor: the thread may outlive the upload's (a cancelled hash ends
         # before its next chunk and closes it), and never reads a reused descriptor number.
